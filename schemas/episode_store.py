@@ -1,0 +1,84 @@
+"""The canonical episode store: a Zarr v3 hierarchy of partitions plus a Parquet manifest.
+
+Layout (see schemas/README.md for the prose version):
+
+    <store>/zarr.json                           root group, attrs: format + schema_version
+    <store>/partitions/<partition_id>/<attempt>/    one Zarr group per written partition
+        images/<camera_key>   uint8  (N, H, W, 3)  chunks (k, H, W, 3), grouped into shards
+        timestamp             float64 (N,)          seconds from episode start (source clock)
+        frame_index           int64  (N,)
+        index                 int64  (N,)           the source's global frame index
+        state                 float32 (N, S)        only when the source has a state
+        action                float32 (N, A)        only when the source has actions
+        episode_offsets       int64  (E + 1,)       rows [offsets[i], offsets[i+1]) are episode i
+    <store>/manifest/<partition_id>.parquet     the commit record of one partition (MANIFEST)
+    <store>/failures.parquet                    dead-letter table (FAILURES)
+
+A partition is visible only once its manifest file exists; the manifest is written last and
+atomically, so a killed run never leaves a half-visible partition.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STORE_FORMAT = "wvm-episode-store"
+STORE_SCHEMA_VERSION = 1
+
+# Zarr node names inside a partition group.
+IMAGES_GROUP = "images"
+TIMESTAMP = "timestamp"
+FRAME_INDEX = "frame_index"
+SOURCE_INDEX = "index"
+STATE = "state"
+ACTION = "action"
+EPISODE_OFFSETS = "episode_offsets"
+
+PARTITIONS_DIR = "partitions"
+MANIFEST_DIR = "manifest"
+FAILURES_FILE = "failures.parquet"
+
+# Default storage geometry: small chunks keep random access cheap, shards keep the object
+# count low. Every shard is written by exactly one task (partial-shard concurrent writes lose
+# data), which the store guarantees by giving each partition its own arrays.
+FRAMES_PER_CHUNK = 4
+CHUNKS_PER_SHARD = 16
+
+MANIFEST = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_episode_index", pa.int64(), nullable=False),
+        pa.field("source_format", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("embodiment", pa.string(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("cameras", pa.list_(pa.string()), nullable=False),
+        pa.field("state_dim", pa.int32(), nullable=False),
+        pa.field("action_dim", pa.int32(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("partition_id", pa.string(), nullable=False),
+        pa.field("partition_path", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ],
+    metadata={"wvm.table": "manifest", "wvm.schema_version": str(STORE_SCHEMA_VERSION)},
+)
+
+FAILURES = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_episode_index", pa.int64(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("failed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={"wvm.table": "failures", "wvm.schema_version": str(STORE_SCHEMA_VERSION)},
+)

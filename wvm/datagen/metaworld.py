@@ -1,0 +1,238 @@
+"""Meta-World episodes with ground-truth progress, written as a LeRobot v3.0 dataset.
+
+Each episode is the task's scripted expert policy, recorded every k env steps (k varies per
+episode, so the model sees several execution speeds), and one of three kinds:
+
+- expert:     the policy as is, until success
+- hesitation: at recorded frame m the arm holds still (zero xyz action, gripper unchanged) for x
+              recorded frames, then the policy goes on
+- retry:      at frame m the last x frames' xyz actions are replayed negated in reverse order, so
+              the arm (and whatever it holds) moves back; then the policy redoes the work
+
+Only successful episodes are kept. Ground truth follows REFERENCE §2 (wvm.metrics.ground_truth)
+and is written beside the dataset as `<out>.labels.parquet` (schemas.ground_truth).
+
+Rendering is the slow part (software OpenGL): the 4096-px shadow map Meta-World asks for costs
+more than the frame itself, so we render shadows at 1024 px, which looks the same at 128 px.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from schemas.ground_truth import GROUND_TRUTH, KINDS, LABELS_SUFFIX
+from schemas.validate import conform
+from wvm.metrics import ground_truth
+
+# REFERENCE §4: never train the shipped model on these; they measure generalisation.
+RESERVED_TASKS = tuple(
+    f"{name}-v3"
+    for name in (
+        "basketball", "button-press-wall", "coffee-push", "dial-turn", "door-lock", "faucet-open",
+        "hammer", "handle-pull-side", "lever-pull", "peg-unplug-side", "pick-place-wall",
+        "plate-slide-back", "push-back", "stick-push", "window-close",
+    )
+)  # fmt: skip
+
+CAMERA_KEY_PREFIX = "observation.images."
+
+
+def all_tasks() -> tuple[str, ...]:
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return tuple(sorted(ENV_POLICY_MAP))
+
+
+def training_tasks() -> tuple[str, ...]:
+    return tuple(t for t in all_tasks() if t not in RESERVED_TASKS)
+
+
+def task_text(env_name: str) -> str:
+    """'drawer-open-v3' -> 'drawer open' (the phrasing of the reference fixture)."""
+    return env_name.removesuffix("-v3").replace("-", " ")
+
+
+@dataclass(frozen=True)
+class DatagenConfig:
+    out: str
+    tasks: tuple[str, ...]
+    per_kind: dict[str, int]  # episodes per task for each kind
+    seed: int = 0
+    size: int = 128
+    camera: str = "corner"
+    fps: int = 20
+    record_every: tuple[int, int] = (3, 5)  # env steps per recorded frame, inclusive range
+    max_steps: int = 500
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    task: str
+    kind: str
+    seed: int
+
+
+@dataclass
+class Rollout:
+    plan: EpisodePlan
+    images: np.ndarray  # uint8 (T, H, W, 3)
+    state: np.ndarray  # float32 (T, 4): hand xyz + gripper opening
+    action: np.ndarray  # float32 (T, 4)
+    seg_start: int
+    seg_end: int
+
+
+class _TaskSimulator:
+    """One Meta-World task with its expert policy and a fast renderer."""
+
+    def __init__(self, task: str, size: int, camera: str, max_steps: int):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        import gymnasium as gym
+        import metaworld  # noqa: F401  (registers the environments)
+        from metaworld.policies import ENV_POLICY_MAP
+
+        self.env = gym.make(
+            "Meta-World/MT1", env_name=task, render_mode="rgb_array", width=size, height=size, camera_name=camera
+        )
+        self.env.unwrapped.model.vis.quality.shadowsize = 1024
+        self.policy = ENV_POLICY_MAP[task]()
+        self.max_steps = max_steps
+
+    def expert_length(self, seed: int, every: int) -> int | None:
+        """Recorded length of the plain expert episode for this seed (no rendering)."""
+        obs, _ = self.env.reset(seed=seed)
+        for step in range(self.max_steps):
+            obs, _, _, _, info = self.env.step(self.policy.get_action(obs))
+            if info["success"]:
+                return step // every + 1
+        return None
+
+    def rollout(self, plan: EpisodePlan, every: int, seg: tuple[int, int] | None) -> Rollout | None:
+        """Render one episode; `seg` = (m, x) puts x non-progress frames right after frame m.
+
+        The action stored with a frame is the one that led to it (zeros for frame 0).
+        """
+        obs, _ = self.env.reset(seed=plan.seed)
+        images, states, actions, history = [], [], [], []
+
+        def record(a: np.ndarray) -> None:
+            images.append(self.env.render()[::-1].copy())  # MuJoCo renders bottom-up
+            states.append(obs[:4].astype(np.float32))
+            actions.append(np.asarray(a, dtype=np.float32))
+
+        record(np.zeros(4))
+        m, x = seg if seg else (-1, 0)
+        for step in range(1, self.max_steps + 1):
+            if seg and len(images) == m + 1:
+                if plan.kind == "hesitation":
+                    hold = np.zeros(4, dtype=np.float32)
+                    hold[3] = history[-1][3] if history else -1.0
+                    injected = [hold] * (x * every)
+                else:  # retry: undo the last x frames of motion, newest first
+                    injected = [a * np.array([-1, -1, -1, 1], np.float32) for a in reversed(history[-x * every :])]
+                for i, a in enumerate(injected, 1):
+                    obs, *_ = self.env.step(a)
+                    if i % every == 0:
+                        record(a)
+                seg = None  # inserted
+                continue
+            a = np.asarray(self.policy.get_action(obs), dtype=np.float32)
+            obs, _, _, _, info = self.env.step(a)
+            history.append(a)
+            if info["success"] or step % every == 0:
+                record(a)
+            if info["success"]:
+                if seg:
+                    return None  # succeeded before the planned segment
+                seg_start, seg_end = (m, m + x) if m >= 0 else (-1, -1)
+                return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), seg_start, seg_end)
+        return None
+
+
+def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[Rollout]:
+    config, task, plans = args
+    sim = _TaskSimulator(task, config.size, config.camera, config.max_steps)
+    rollouts = []
+    for plan in plans:
+        rollout = None
+        for attempt in range(5):  # a different seed when an episode fails or is too short
+            seed = plan.seed + 100_003 * attempt
+            rng = np.random.default_rng(seed)
+            every = int(rng.integers(config.record_every[0], config.record_every[1] + 1))
+            length = sim.expert_length(seed, every)
+            if length is None or length < 8:
+                continue
+            seg = None
+            if plan.kind == "hesitation":
+                x = int(rng.integers(max(2, length // 5), max(3, length // 2) + 1))
+                m = int(rng.integers(1, max(2, int(0.8 * length))))
+                seg = (m, x)
+            elif plan.kind == "retry":
+                x = int(rng.integers(max(2, length // 6), max(3, length // 3) + 1))
+                m = int(rng.integers(x, max(x + 1, int(0.8 * length))))
+                seg = (m, x)
+            rollout = sim.rollout(EpisodePlan(task, plan.kind, seed), every, seg)
+            if rollout is not None:
+                break
+        if rollout is not None:
+            rollouts.append(rollout)
+    sim.env.close()
+    return rollouts
+
+
+def generate(config: DatagenConfig) -> dict:
+    """Render all episodes and write the dataset plus its labels. Returns a summary."""
+    from pipelines.lerobot import LeRobotV3Writer
+
+    rng = np.random.default_rng(config.seed)
+    jobs = []
+    for task in config.tasks:
+        plans = [
+            EpisodePlan(task, kind, int(rng.integers(0, 2**31 - 1)))
+            for kind in KINDS
+            for _ in range(config.per_kind.get(kind, 0))
+        ]
+        jobs.append((config, task, plans))
+    camera_key = CAMERA_KEY_PREFIX + config.camera
+    writer = LeRobotV3Writer(
+        root=config.out,
+        fps=config.fps,
+        robot_type="sawyer",
+        cameras={camera_key: (config.size, config.size)},
+        state_dim=4,
+        action_dim=4,
+    )
+    labels = []
+    total = sum(len(j[2]) for j in jobs)
+    with tqdm(total=total, desc="render", unit="ep") as bar, ProcessPoolExecutor(config.workers) as pool:
+        for rollouts in pool.map(_simulate_task, jobs):
+            for r in rollouts:
+                index = writer.add_episode({camera_key: r.images}, r.state, r.action, task_text(r.plan.task))
+                T = len(r.images)
+                gt = ground_truth(T, r.plan.kind, r.seg_start, r.seg_end)
+                labels.append(
+                    pa.table(
+                        {
+                            "episode_index": np.full(T, index),
+                            "frame_index": np.arange(T),
+                            "gt_progress": gt,
+                            "kind": [r.plan.kind] * T,
+                            "env": [r.plan.task] * T,
+                            "seg_start": np.full(T, r.seg_start),
+                            "seg_end": np.full(T, r.seg_end),
+                        }
+                    )
+                )
+            bar.update(len(rollouts) if rollouts else 0)
+    writer.close()
+    table = conform(pa.concat_tables(labels), GROUND_TRUTH, "labels")
+    pq.write_table(table, config.out.rstrip("/") + LABELS_SUFFIX)
+    return {"episodes": len(labels), "frames": table.num_rows, "out": config.out, "requested": total}
