@@ -20,6 +20,8 @@ atomically, so a killed run never leaves a half-visible partition.
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 STORE_FORMAT = "wvm-episode-store"
@@ -82,3 +84,8 @@ FAILURES = pa.schema(
     ],
     metadata={"wvm.table": "failures", "wvm.schema_version": str(STORE_SCHEMA_VERSION)},
 )
+
+
+def episode_id(source_uri: str, episode_index: int) -> str:
+    """Stable episode id: the same source location and episode index always give the same id."""
+    return hashlib.sha1(f"{source_uri}#{int(episode_index)}".encode()).hexdigest()[:20]

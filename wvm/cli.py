@@ -64,6 +64,79 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     mw.set_defaults(run=_datagen)
 
 
+def _engine(args: argparse.Namespace):
+    """The engine chosen by --engine / --workers / --scheduler / --beam-option."""
+    if args.engine == "dask":
+        from pipelines.engines.dask import DaskEngine
+
+        return DaskEngine(address=args.scheduler, workers=args.workers)
+    if args.engine == "beam":
+        from pipelines.engines.beam import BeamEngine
+
+        return BeamEngine(workers=args.workers, options=args.beam_option)
+    from pipelines.engines.base import LocalEngine
+
+    return LocalEngine()
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("dask", "beam", "local"), default="dask", help="execution engine (default: dask)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (Dask LocalCluster / Beam DirectRunner)")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (default: start a LocalCluster)")
+    p.add_argument(
+        "--beam-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="Beam pipeline option, repeatable (e.g. --beam-option=--runner=DataflowRunner)",
+    )
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, got {text!r}") from None
+    return h, w
+
+
+def _ingest(args: argparse.Namespace) -> dict:
+    from pipelines.ingest import IngestConfig, run_ingest
+    from pipelines.stages.ingest import DecodeOptions
+
+    config = IngestConfig(
+        source=args.src,
+        store=args.out,
+        decode=DecodeOptions(
+            cameras=tuple(args.camera), resize=args.resize, tolerance_s=args.tolerance_s, threads=args.decode_threads
+        ),
+        partition_frames=args.partition_frames,
+        on_error=args.on_error,
+    )
+    with _engine(args) as engine:
+        return run_ingest(config, engine).as_dict()
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="decode a LeRobot dataset into the canonical episode store",
+        description="Decode every episode of a LeRobot v3.0 / v2.1 dataset (local path or URL such as gs://) into "
+        "the canonical Zarr episode store at OUT. Reruns skip episodes already stored with the same fingerprint; "
+        "an interrupted run resumes where it stopped.",
+    )
+    p.add_argument("src", help="LeRobot dataset: local path or fsspec URL")
+    p.add_argument("--out", required=True, help="episode store: local path or fsspec URL")
+    p.add_argument("--camera", action="append", default=[], help="camera key to keep, repeatable (default: all)")
+    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize frames, e.g. 96x128")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad episode: stop, or record it in failures.parquet and go on")
+    p.add_argument("--partition-frames", type=int, default=1000, help="frames per partition, the unit of work and commit")
+    p.add_argument("--tolerance-s", type=float, default=1e-4, help="max distance between a frame timestamp and its video frame")
+    p.add_argument("--decode-threads", type=int, default=1, help="decoder threads per worker")
+    _add_engine_args(p)
+    p.set_defaults(run=_ingest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wvm",
@@ -71,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_ingest(sub)
     _add_datagen(sub)
     return parser
 
@@ -81,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # engines log every worker start and stop at INFO
+        for name in ("distributed", "apache_beam", "prefect", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         summary = args.run(args)
     except WvmError as exc:

@@ -1,0 +1,131 @@
+"""Ingest: plan which source episodes the store lacks, run the ingest stage over partitions
+of them on an engine, record failures. Reruns skip what is stored with the same fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from pipelines.engines.base import Engine
+from pipelines.errors import EpisodeError
+from pipelines.lerobot import LeRobotDataset
+from pipelines.stages.ingest import DecodeOptions, IngestPartition, PartitionTask, failure_row
+from pipelines.store import EpisodeStore
+from schemas import episode_store as layout
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: str
+    store: str
+    decode: DecodeOptions = DecodeOptions()
+    partition_frames: int = 1000  # frames per partition (the unit of work and of commit); episodes are never split
+    on_error: str = "fail"  # fail | skip
+
+
+@dataclass
+class IngestPlan:
+    source_uri: str
+    tasks: list[PartitionTask]
+    source_episodes: int
+    already_stored: int
+
+
+@dataclass
+class IngestSummary:
+    run_id: str
+    source_episodes: int
+    already_stored: int
+    episodes_written: int
+    frames_written: int
+    partitions: int
+    failed: int
+    seconds: float
+    failures: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["failures"] = [f"{f['file']}: episode {f['source_episode_index']}: {f['reason']}" for f in self.failures]
+        return d
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def plan_ingest(config: IngestConfig) -> IngestPlan:
+    """Group the source episodes not yet stored (same id and fingerprint) into partitions.
+
+    Partitions are fixed blocks of the source's episode order (about `partition_frames` frames
+    each) minus what is stored, and a partition's id hashes its members, so a rerun after a
+    crash plans the very same partitions.
+    """
+    source = LeRobotDataset(config.source)
+    config.decode.select_cameras(source)  # fail before any work on an unknown camera
+    store = EpisodeStore(config.store, create=True)
+    stored = store.episodes()
+    have = set(zip(stored.column("episode_id").to_pylist(), stored.column("fingerprint").to_pylist()))
+    episodes = source.episodes(decode_options=config.decode.fingerprint_part())
+    blocks: list[list] = [[]]
+    for episode in episodes:
+        if blocks[-1] and sum(e.length for e in blocks[-1]) + episode.length > config.partition_frames:
+            blocks.append([])
+        blocks[-1].append(episode)
+    tasks, already = [], 0
+    for block in blocks:
+        todo = [e for e in block if (layout.episode_id(e.source_uri, e.index), e.fingerprint) not in have]
+        already += len(block) - len(todo)
+        if todo:
+            members = [(e.source_uri, e.index, e.fingerprint) for e in todo]
+            pid = hashlib.sha1(json.dumps(members).encode()).hexdigest()[:16]
+            tasks.append(PartitionTask(pid, tuple(todo)))
+    return IngestPlan(source.uri, tasks, len(episodes), already)
+
+
+def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True) -> IngestSummary:
+    started = time.monotonic()
+    run_id = new_run_id()
+    plan = plan_ingest(config)
+    store = EpisodeStore(config.store)
+    stage = IngestPartition(
+        source_url=config.source,
+        store_url=config.store,
+        run_id=run_id,
+        decode=config.decode,
+        skip_bad_episodes=config.on_error == "skip",
+    )
+    episodes = frames = 0
+    failures: list[dict] = []
+    total = sum(len(t.episodes) for t in plan.tasks)
+    by_id = {t.partition_id: t for t in plan.tasks}
+    with tqdm(total=total, desc=f"ingest ({engine.name})", unit="ep", disable=not progress) as bar:
+        try:
+            for result in engine.map(stage, plan.tasks):
+                episodes += result.episodes
+                frames += result.frames
+                failures.extend(result.failures)
+                bar.update(len(by_id[result.partition_id].episodes))
+                bar.set_postfix(frames=frames, failed=len(failures))
+        except EpisodeError as error:
+            # on_error=fail: the failing partition is not committed, the others stay committed.
+            failures.append(failure_row(plan.source_uri, error, run_id))
+            store.update_failures(failures)
+            raise
+    store.update_failures(failures)
+    return IngestSummary(
+        run_id=run_id,
+        source_episodes=plan.source_episodes,
+        already_stored=plan.already_stored,
+        episodes_written=episodes,
+        frames_written=frames,
+        partitions=len(plan.tasks),
+        failed=len(failures),
+        seconds=round(time.monotonic() - started, 2),
+        failures=failures,
+    )
+

@@ -1,0 +1,286 @@
+"""The canonical episode store (layout and columns: schemas/episode_store.py).
+
+Writers: one `PartitionWriter` per partition, each in one task, owns every shard of its arrays
+(REFERENCE §5: concurrent writers to one shard lose data). Arrays go to a fresh attempt
+directory, so a retried or concurrent attempt never touches another's files; the partition
+becomes visible when `commit` writes its manifest file, last and atomically.
+
+Readers: `EpisodeStore.episodes()` is the committed manifest (latest row per episode id);
+`read_*` fetch one episode's frames or per-frame table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipelines import fs as fsx
+from pipelines.errors import WvmError
+from schemas import episode_store as layout
+from schemas.validate import SchemaError, conform
+
+
+# Frames are noisy uint8 images: light zstd halves them at about the speed of the disk;
+# stronger levels and bit-shuffling cost 2-3x the write time for a few percent.
+IMAGE_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")
+
+
+class StoreError(WvmError):
+    pass
+
+
+def open_zarr_group(url: str, mode: str) -> zarr.Group:
+    """A Zarr v3 group at any URL (local path or fsspec URL such as gs://)."""
+    fs, path = fsx.filesystem(url)
+    if fsx.local_path(fs, path):
+        store = zarr.storage.LocalStore(path, read_only=mode == "r")
+    else:
+        store = zarr.storage.FsspecStore.from_url(
+            url, storage_options=fsx.storage_options_for(url), read_only=mode == "r"
+        )
+    return zarr.open_group(store=store, mode=mode, zarr_format=3)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class EpisodeTable:
+    """Per-frame data of one stored episode."""
+
+    timestamp: np.ndarray
+    frame_index: np.ndarray
+    index: np.ndarray
+    state: np.ndarray | None
+    action: np.ndarray | None
+
+
+class EpisodeStore:
+    def __init__(self, url: str, *, create: bool = False):
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsx.filesystem(self.url)
+        try:
+            root = open_zarr_group(self.url, mode="r")
+            attrs = dict(root.attrs)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            if not create:
+                raise StoreError(f"{self.url}: no episode store here (run `wvm ingest` first)") from None
+            if self.fs.exists(self.root) and self.fs.ls(self.root):
+                raise StoreError(f"{self.url}: exists and is not an episode store; refusing to write into it")
+            root = open_zarr_group(self.url, mode="w")
+            root.attrs.update({"format": layout.STORE_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION})
+            attrs = dict(root.attrs)
+        if attrs.get("format") != layout.STORE_FORMAT:
+            raise StoreError(f"{self.url}: zarr group is not a {layout.STORE_FORMAT} (attrs {attrs})")
+        if attrs.get("schema_version") != layout.STORE_SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url}: episode store schema version {attrs.get('schema_version')} is not the supported "
+                f"version {layout.STORE_SCHEMA_VERSION}"
+            )
+
+    def _path(self, *parts: str) -> str:
+        return fsx.join(self.root, *parts)
+
+    # -- manifest ---------------------------------------------------------------------------
+
+    def manifest_files(self) -> list[str]:
+        try:
+            return sorted(p for p in self.fs.ls(self._path(layout.MANIFEST_DIR), detail=False) if p.endswith(".parquet"))
+        except FileNotFoundError:
+            return []
+
+    def episodes(self) -> pa.Table:
+        """Committed episodes, one row per episode id (the latest ingest wins), in source order."""
+        tables = []
+        for path in self.manifest_files():
+            try:
+                tables.append(conform(fsx.read_parquet(self.fs, path), layout.MANIFEST, path))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StoreError(f"{path}: manifest file cannot be read: {exc}") from None
+        if not tables:
+            return layout.MANIFEST.empty_table()
+        table = pa.concat_tables(tables).sort_by([("ingested_at", "descending")])
+        _, first = np.unique(table.column("episode_id").to_numpy(zero_copy_only=False), return_index=True)
+        table = table.take(pa.array(np.sort(first)))
+        return table.sort_by([("source_uri", "ascending"), ("source_episode_index", "ascending")])
+
+    def commit(self, partition_id: str, rows: list[dict]) -> None:
+        """Make a partition visible: write its manifest file (atomically, after all its arrays)."""
+        table = conform(pa.Table.from_pylist(rows), layout.MANIFEST, f"manifest of partition {partition_id}")
+        fsx.write_parquet_atomic(self.fs, self._path(layout.MANIFEST_DIR, f"{partition_id}.parquet"), table)
+
+    # -- dead-letter table -------------------------------------------------------------------
+
+    def failures(self) -> pa.Table:
+        path = self._path(layout.FAILURES_FILE)
+        if not self.fs.exists(path):
+            return layout.FAILURES.empty_table()
+        return conform(fsx.read_parquet(self.fs, path), layout.FAILURES, path)
+
+    def update_failures(self, new_rows: list[dict]) -> pa.Table:
+        """Merge this run's failures into the dead-letter table: one row per episode still
+        failing (latest reason wins); episodes stored since are dropped from it."""
+        current = self.failures()
+        new = conform(pa.Table.from_pylist(new_rows, schema=layout.FAILURES), layout.FAILURES, "new failures")
+        merged = pa.concat_tables([new, current])  # newest first
+        ids = merged.column("episode_id").to_numpy(zero_copy_only=False)
+        _, first = np.unique(ids, return_index=True)
+        merged = merged.take(pa.array(np.sort(first)))
+        stored = self.episodes().column("episode_id")
+        merged = merged.filter(pc.invert(pc.is_in(merged.column("episode_id"), value_set=stored)))
+        if merged.num_rows or current.num_rows:
+            fsx.write_parquet_atomic(self.fs, self._path(layout.FAILURES_FILE), merged)
+        return merged
+
+    # -- reading episodes --------------------------------------------------------------------
+
+    def _group(self, row: dict) -> zarr.Group:
+        return open_zarr_group(fsx.join(self.url, row["partition_path"]), mode="r")
+
+    def read_frames(self, row: dict, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """uint8 (n, H, W, 3) frames [start, stop) of one stored episode's camera."""
+        stop = row["length"] if stop is None else min(stop, row["length"])
+        images = self._group(row)[layout.IMAGES_GROUP]
+        if camera not in images:
+            raise StoreError(f"{self.url}: episode {row['episode_id']} has no camera {camera!r}; has {list(images.keys())}")
+        return images[camera][row["offset"] + start : row["offset"] + stop]
+
+    def read_table(self, row: dict) -> EpisodeTable:
+        group = self._group(row)
+        rows = slice(row["offset"], row["offset"] + row["length"])
+        get = lambda name: group[name][rows] if name in group else None  # noqa: E731
+        return EpisodeTable(
+            timestamp=get(layout.TIMESTAMP),
+            frame_index=get(layout.FRAME_INDEX),
+            index=get(layout.SOURCE_INDEX),
+            state=get(layout.STATE),
+            action=get(layout.ACTION),
+        )
+
+    def partition_writer(self, partition_id: str, attempt: str, **kwargs) -> PartitionWriter:
+        relative = f"{layout.PARTITIONS_DIR}/{partition_id}/{attempt}"
+        return PartitionWriter(fsx.join(self.url, relative), relative, **kwargs)
+
+
+class _ShardedAppender:
+    """Appends rows to a Zarr array, writing whole shards only (plus the final tail).
+
+    `truncate` rewinds to an earlier row (dropping a failed episode); rows after it are
+    rewritten later by the same writer, so shards still have a single writer.
+    """
+
+    def __init__(self, array: zarr.Array, rows_per_shard: int):
+        self.array, self.rows_per_shard = array, rows_per_shard
+        self.flushed = 0
+        self.buffer: list[np.ndarray] = []
+
+    @property
+    def position(self) -> int:
+        return self.flushed + len(self.buffer)
+
+    def append(self, row: np.ndarray) -> None:
+        self.buffer.append(row)
+        if self.position % self.rows_per_shard == 0:
+            self.flush()
+
+    def truncate(self, position: int) -> None:
+        if position >= self.flushed:
+            del self.buffer[position - self.flushed :]
+        else:
+            self.buffer, self.flushed = [], position
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.array[self.flushed : self.position] = np.stack(self.buffer)
+            self.flushed, self.buffer = self.position, []
+
+
+class PartitionWriter:
+    """Writes one partition's arrays. Episodes are appended one after another; a failing
+    episode is rolled back with `discard_episode` and the rest of the partition goes on."""
+
+    def __init__(
+        self,
+        url: str,
+        relative_path: str,
+        *,
+        cameras: dict[str, tuple[int, int]],
+        state_dim: int,
+        action_dim: int,
+        capacity: int,
+        frames_per_chunk: int = layout.FRAMES_PER_CHUNK,
+        chunks_per_shard: int = layout.CHUNKS_PER_SHARD,
+    ):
+        self.relative_path = relative_path
+        self.group = open_zarr_group(url, mode="w")
+        images = self.group.create_group(layout.IMAGES_GROUP)
+        rows_per_shard = frames_per_chunk * chunks_per_shard
+        self.cameras = {}
+        for camera, (h, w) in cameras.items():
+            array = images.create_array(
+                camera,
+                shape=(max(capacity, 1), h, w, 3),
+                dtype="uint8",
+                chunks=(frames_per_chunk, h, w, 3),
+                shards=(rows_per_shard, h, w, 3),
+                compressors=IMAGE_CODEC,
+                fill_value=0,
+            )
+            self.cameras[camera] = _ShardedAppender(array, rows_per_shard)
+        self.state_dim, self.action_dim = state_dim, action_dim
+        self.offsets = [0]
+        self.tables: list[EpisodeTable] = []
+
+    @property
+    def rows(self) -> int:
+        return self.offsets[-1]
+
+    def append_frame(self, camera: str, frame: np.ndarray) -> None:
+        self.cameras[camera].append(frame)
+
+    def end_episode(self, table: EpisodeTable) -> int:
+        """Close the current episode; returns its offset (first row) in the partition."""
+        length = len(table.frame_index)
+        for camera, appender in self.cameras.items():
+            if appender.position != self.rows + length:
+                raise StoreError(f"camera {camera}: {appender.position - self.rows} frames for {length} table rows")
+        self.tables.append(table)
+        self.offsets.append(self.rows + length)
+        return self.offsets[-2]
+
+    def discard_episode(self) -> None:
+        for appender in self.cameras.values():
+            appender.truncate(self.rows)
+
+    def finish(self) -> None:
+        """Flush, trim arrays to the rows written and write the per-frame table."""
+        n = self.rows
+        for appender in self.cameras.values():
+            appender.flush()
+            appender.array.resize((n, *appender.array.shape[1:]))
+
+        def column(name: str, dtype: str, width: int = 0) -> np.ndarray:
+            parts = [getattr(t, name) for t in self.tables]
+            shape = (0, width) if width else (0,)
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
+        arrays = {
+            layout.TIMESTAMP: column("timestamp", "float64"),
+            layout.FRAME_INDEX: column("frame_index", "int64"),
+            layout.SOURCE_INDEX: column("index", "int64"),
+            layout.EPISODE_OFFSETS: np.asarray(self.offsets, dtype="int64"),
+        }
+        if self.state_dim:
+            arrays[layout.STATE] = column("state", "float32", self.state_dim)
+        if self.action_dim:
+            arrays[layout.ACTION] = column("action", "float32", self.action_dim)
+        for name, values in arrays.items():
+            chunks = (max(len(values), 1), *values.shape[1:])
+            self.group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks)[...] = values

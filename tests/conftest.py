@@ -1,0 +1,102 @@
+"""Shared fixtures: the real datasets from ../shared/fixtures, writable copies of them, and
+real services (GCS emulator) started per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+METAWORLD_MINI = FIXTURES / "metaworld_mini"
+METAWORLD_LABELS = FIXTURES / "metaworld_mini.labels.parquet"
+G1_V21 = FIXTURES / "g1_bottle_v21"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for path in dst.rglob("*"):  # fixtures are read-only; copies must be editable
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dst
+
+
+@pytest.fixture
+def metaworld_copy(tmp_path: Path) -> Path:
+    return copy_dataset(METAWORLD_MINI, tmp_path / "metaworld_mini")
+
+
+@pytest.fixture
+def g1_small(tmp_path: Path) -> Path:
+    """The real G1 v2.1 dataset cut to its first 24 frames per episode (videos untouched), so
+    per-episode file damage can be tested quickly."""
+    dst = copy_dataset(G1_V21, tmp_path / "g1_small")
+    keep = 24
+    for data in sorted((dst / "data" / "chunk-000").glob("*.parquet")):
+        table = pq.read_table(data)
+        pq.write_table(table.slice(0, keep), data)
+    episodes = [json.loads(l) for l in (dst / "meta" / "episodes.jsonl").read_text().splitlines() if l.strip()]
+    for e in episodes:
+        e["length"] = keep
+    (dst / "meta" / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    return dst
+
+
+def rewrite_episode_table(dataset: Path, episode: int, edit) -> None:
+    """Apply `edit(table) -> table` to one episode's rows in a v2.1 or v3 dataset."""
+    info = json.loads((dataset / "meta" / "info.json").read_text())
+    if info["codebase_version"] == "v3.0":
+        path = dataset / "data" / "chunk-000" / "file-000.parquet"
+        table = pq.read_table(path)
+        mask = pa.compute.equal(table["episode_index"], episode)
+        mine, rest = table.filter(mask), table.filter(pa.compute.invert(mask))
+        edited = edit(mine)
+        pq.write_table(pa.concat_tables([rest, edited.cast(rest.schema)]).sort_by("index"), path)
+    else:
+        path = dataset / "data" / "chunk-000" / f"episode_{episode:06d}.parquet"
+        pq.write_table(edit(pq.read_table(path)), path)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real local GCS server (gcp-storage-emulator); sets STORAGE_EMULATOR_HOST for gs:// URLs."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("GCS emulator did not start")
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}"
+    if old is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = old
+    proc.terminate()
+    proc.wait(10)
