@@ -18,6 +18,7 @@ more than the frame itself, so we render shadows at 1024 px, which looks the sam
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ RESERVED_TASKS = tuple(
         "plate-slide-back", "push-back", "stick-push", "window-close",
     )
 )  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 CAMERA_KEY_PREFIX = "observation.images."
 
@@ -100,8 +103,16 @@ class _TaskSimulator:
         from metaworld.policies import ENV_POLICY_MAP
 
         self.env = gym.make(
-            "Meta-World/MT1", env_name=task, render_mode="rgb_array", width=size, height=size, camera_name=camera
+            "Meta-World/MT1",
+            env_name=task,
+            render_mode="rgb_array",
+            width=size,
+            height=size,
+            camera_name=camera,
+            max_episode_steps=10 * max_steps,
         )
+        # Hesitation and retry add steps beyond the benchmark's 500-step limit.
+        self.env.unwrapped.max_path_length = 10 * max_steps
         self.env.unwrapped.model.vis.quality.shadowsize = 1024
         self.policy = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
@@ -179,7 +190,11 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
                 x = int(rng.integers(max(2, length // 6), max(3, length // 3) + 1))
                 m = int(rng.integers(x, max(x + 1, int(0.8 * length))))
                 seg = (m, x)
-            rollout = sim.rollout(EpisodePlan(task, plan.kind, seed), every, seg)
+            try:
+                rollout = sim.rollout(EpisodePlan(task, plan.kind, seed), every, seg)
+            except Exception as exc:  # a simulator hiccup costs one episode, not the whole job
+                log.warning("%s %s seed %d failed: %s", task, plan.kind, seed, exc)
+                rollout = None
             if rollout is not None:
                 break
         if rollout is not None:
