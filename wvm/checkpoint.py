@@ -1,0 +1,99 @@
+"""Checkpoints: `model.safetensors` + `config.json` in a directory; never pickle.
+
+A training checkpoint adds `trainer.safetensors` (optimizer moments, RNG state) and
+`trainer.json` (step, phase), so a run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipelines.errors import WvmError
+from wvm.model import WVMConfig, build_model
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+
+
+class CheckpointError(WvmError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    config: WVMConfig
+    checkpoint_hash: str  # sha256 of model.safetensors, first 16 hex digits
+    path: str
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+
+def file_hash(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, config: WVMConfig) -> str:
+    """Write the checkpoint atomically (temp dir, then rename); returns its hash."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", "wvm.version": config.version})
+    (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+    return file_hash(directory / MODEL_FILE)
+
+
+def load_model(directory: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint directory (default: the shipped one). A config that does not match
+    the weights is an error naming the mismatching tensors."""
+    directory = Path(directory or DEFAULT_CHECKPOINT)
+    weights, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
+    for path in (weights, config_path):
+        if not path.exists():
+            raise CheckpointError(f"{path}: checkpoint file is missing")
+    try:
+        config = WVMConfig.from_dict(json.loads(config_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{config_path}: invalid model config: {exc}") from None
+    model = build_model(config)
+    try:
+        state = load_file(str(weights), device=device)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            details.append(
+                "shape mismatch " + ", ".join(f"{k}: weights {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}" for k in wrong[:5])
+            )
+        raise CheckpointError(f"{directory}: weights do not match config.json ({'; '.join(details)})")
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedModel(model, config, file_hash(weights), str(directory))

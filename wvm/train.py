@@ -1,0 +1,247 @@
+"""`wvm train`: the frame autoencoder first, then the two-stream model on frozen latents.
+
+A run directory holds the config, `log.jsonl` (one line per logged step), `checkpoints/latest`
+(model + optimizer + RNG, for resume) and `final` (the deliverable checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from wvm.checkpoint import CheckpointError, load_model, save_model
+from wvm.data import ClipSampler, TrainingEpisode, augment, load_episodes
+from wvm.model import Batch, WVMConfig, build_model, preprocess
+from wvm.text import TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSpec:
+    store: str  # an episode store (from `wvm ingest`)
+    labels: str | None = None  # ground-truth labels; None: expert data, target t/(T-1)
+    camera: str | None = None  # default: the first camera
+
+
+@dataclass
+class TrainConfig:
+    data: list[DataSpec]
+    model: dict = field(default_factory=dict)  # WVMConfig fields to override
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    ae_steps: int = 3000
+    ae_batch: int = 128
+    ae_lr: float = 2e-3
+    steps: int = 8000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 200
+    aug_variants: int = 4  # augmented views per episode, encoded once
+    text_dropout: float = 0.1
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        raw = json.loads(Path(path).read_text())
+        raw["data"] = [DataSpec(**d) for d in raw["data"]]
+        return cls(**raw)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out: str | Path, progress: bool = True):
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = torch.device(config.device)
+        self.model_config = WVMConfig.from_dict(config.model)
+        self.log_file = open(self.out / "log.jsonl", "a")
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _log(self, record: dict) -> None:
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+
+    def _autocast(self):
+        enabled = self.config.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _save(self, name: str, model, optimizer, phase: str, step: int, rng: np.random.Generator) -> None:
+        directory = self.out / "checkpoints" / name
+        save_model(directory, model, self.model_config)
+        tensors = {"torch_rng": torch.get_rng_state()}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for i, param in enumerate(params):
+            for key, value in optimizer.state.get(param, {}).items():
+                tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(directory / "trainer.safetensors"))
+        (directory / "trainer.json").write_text(json.dumps({"phase": phase, "step": step, "numpy_rng": rng.bit_generator.state}))
+
+    def _resume(self):
+        directory = self.out / "checkpoints" / "latest"
+        if not (directory / "trainer.json").exists():
+            return None
+        state = json.loads((directory / "trainer.json").read_text())
+        loaded = load_model(directory, device=str(self.device))
+        self.model_config = loaded.config
+        tensors = load_file(str(directory / "trainer.safetensors"))
+        log.info("resuming %s phase at step %d from %s", state["phase"], state["step"], directory)
+        return state, loaded.model, tensors
+
+    @staticmethod
+    def _restore_optimizer(optimizer, tensors: dict) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for i, param in enumerate(params):
+            keys = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"optim.{i}.")}
+            if keys:
+                optimizer.state[param] = {k: v.to(param.device) if k != "step" else v for k, v in keys.items()}
+
+    def _schedule(self, step: int, total: int, base: float) -> float:
+        if step < self.config.warmup:
+            return base * (step + 1) / self.config.warmup
+        progress = (step - self.config.warmup) / max(1, total - self.config.warmup)
+        return base * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        episodes = [e for spec in cfg.data for e in load_episodes(spec.store, spec.labels, spec.camera)]
+        if not episodes:
+            raise CheckpointError("no training episodes")
+        resumed = self._resume()
+        phase, start, model, tensors = "autoencoder", 0, None, None
+        if resumed:
+            state, model, tensors = resumed
+            phase, start = state["phase"], state["step"]
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(tensors["torch_rng"])
+        if model is None:
+            model = build_model(self.model_config).to(self.device)
+        if phase == "autoencoder":
+            self._train_autoencoder(model, episodes, rng, start, tensors)
+            phase, start, tensors = "value", 0, None
+            self._save("latest", model, torch.optim.AdamW(model.parameters()), phase, 0, rng)
+        self._train_value(model, episodes, rng, start, tensors)
+        final = self.out / "final"
+        checkpoint_hash = save_model(final, model, self.model_config)
+        self._log({"phase": "done", "checkpoint": str(final), "hash": checkpoint_hash})
+        return final
+
+    def _train_autoencoder(self, model, episodes: list[TrainingEpisode], rng, start: int, tensors) -> None:
+        cfg, size = self.config, self.model_config.image_size
+        ae = model.autoencoder
+        ae.train()
+        optimizer = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
+        if tensors:
+            self._restore_optimizer(optimizer, tensors)
+        lengths = np.array([len(e.values) for e in episodes])
+        started = time.monotonic()
+        for step in tqdm(range(start, cfg.ae_steps), desc="autoencoder", initial=start, total=cfg.ae_steps, disable=not self.progress):
+            ids = rng.integers(0, len(episodes), cfg.ae_batch)
+            views = []
+            for i in ids:
+                frame = torch.from_numpy(episodes[i].frames[rng.integers(0, lengths[i])][None])
+                views.append(augment(frame, size, rng) if rng.random() < 0.75 else preprocess(frame, size))
+            x = torch.cat(views).to(self.device)
+            for group in optimizer.param_groups:
+                group["lr"] = self._schedule(step, cfg.ae_steps, cfg.ae_lr)
+            with self._autocast():
+                loss, info = ae.loss(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % cfg.log_every == 0 or step == cfg.ae_steps - 1:
+                self._log({"phase": "autoencoder", "step": step, **info, "elapsed_s": round(time.monotonic() - started, 1)})
+            if step and step % cfg.checkpoint_every == 0:
+                self._save("latest", model, optimizer, "autoencoder", step + 1, rng)
+        ae.eval()
+
+    @torch.no_grad()
+    def _encode_views(self, model, episodes: list[TrainingEpisode]) -> torch.Tensor:
+        """Latents of every frame under `aug_variants` views (view 0: no augmentation), float16
+        (views, frames, C, S, S). Deterministic in the seed, so a resumed run sees the same."""
+        cfg, mc = self.config, self.model_config
+        ae = model.autoencoder.eval()
+        views = []
+        for view in tqdm(range(cfg.aug_variants), desc="encode views", disable=not self.progress):
+            chunks = []
+            for e_index, episode in enumerate(episodes):
+                frames = torch.from_numpy(episode.frames)
+                rng = np.random.default_rng([cfg.seed, view, e_index])
+                x = preprocess(frames, mc.image_size) if view == 0 else augment(frames, mc.image_size, rng)
+                chunks.append(torch.cat([ae.encode(b.to(self.device)).cpu() for b in x.split(256)]))
+            views.append(torch.cat(chunks))
+        latents = torch.stack(views)
+        if mc.latent_std == 1.0 and mc.latent_mean == 0.0:  # first time: fix the normalisation
+            mc.latent_mean = float(latents[0].mean())
+            mc.latent_std = float(latents[0].std())
+        return ((latents - mc.latent_mean) / mc.latent_std).half()
+
+    def _train_value(self, model, episodes: list[TrainingEpisode], rng, start: int, tensors) -> None:
+        cfg, mc = self.config, self.model_config
+        latents = self._encode_views(model, episodes)
+        text_encoder = TextEncoder()
+        task_embedding = text_encoder([e.task for e in episodes])
+        sampler = ClipSampler(episodes, mc.horizon, mc.samples_per_episode, mc.max_sample_interval_s)
+        trainable = [p for n, p in model.named_parameters() if not n.startswith("autoencoder.")]
+        for p in model.autoencoder.parameters():
+            p.requires_grad_(False)
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if tensors:
+            self._restore_optimizer(optimizer, tensors)
+        model.train()
+        model.autoencoder.eval()
+        h = mc.horizon
+        started = time.monotonic()
+        bar = tqdm(range(start, cfg.steps), desc=f"train {mc.kind}", initial=start, total=cfg.steps, disable=not self.progress)
+        for step in bar:
+            ids, frame_idx, values = sampler.sample(cfg.batch_size, rng)
+            view = rng.integers(0, cfg.aug_variants, cfg.batch_size)
+            clip_latents = latents[view[:, None], frame_idx].float()
+            text = task_embedding[ids].clone()
+            text[rng.random(cfg.batch_size) < cfg.text_dropout] = 0.0
+            values = torch.from_numpy(values)
+            batch = Batch(
+                latents=clip_latents.to(self.device),
+                text=text.to(self.device),
+                prefix_value=values[:, 0].to(self.device),
+                values=values[:, 1 : 1 + h].to(self.device),
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = self._schedule(step, cfg.steps, cfg.lr)
+            with self._autocast():
+                loss, info = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                record = {"phase": mc.kind, "step": step, **info, "lr": optimizer.param_groups[0]["lr"]}
+                self._log({**record, "elapsed_s": round(time.monotonic() - started, 1)})
+                bar.set_postfix(loss=f"{info['loss']:.4f}", value=f"{info['value']:.4f}")
+            if step and step % cfg.checkpoint_every == 0:
+                self._save("latest", model, optimizer, "value", step + 1, rng)
+        model.eval()
+
+
+def train(config: TrainConfig, out: str | Path, progress: bool = True) -> Path:
+    return Trainer(config, out, progress).run()
