@@ -229,7 +229,9 @@ class PartitionWriter:
                 shape=(max(capacity, 1), h, w, 3),
                 dtype="uint8",
                 chunks=(frames_per_chunk, h, w, 3),
-                shards=(rows_per_shard, h, w, 3),
+                # Index first: readers fetch it with a plain range request (some object stores
+                # and emulators mishandle the suffix ranges an index at the end needs).
+                shards={"shape": (rows_per_shard, h, w, 3), "index_location": "start"},
                 compressors=IMAGE_CODEC,
                 fill_value=0,
             )

@@ -1,0 +1,99 @@
+"""Triton Python backend for the World Value Model (contract: schemas/inference.py).
+
+Numeric tensors move through DLPack: the stub bundled with nvidia-pytriton returns empty
+outputs for numpy-built tensors under numpy 2 (REFERENCE §6); `wvm serve` runs the stub on
+numpy 1 so the BYTES tensors (task text, model version) work too.
+
+Requests of one execute() call are validated one by one (a bad request gets its own error
+response, the rest are served) and then run as one batch per frame size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+from schemas import inference as contract
+from wvm.checkpoint import load_model
+from wvm.text import TextEncoder
+
+
+def _input(request, name: str) -> torch.Tensor:
+    return from_dlpack(pb_utils.get_input_tensor_by_name(request, name).to_dlpack())
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        device = params.get("device", "cpu")
+        if args["model_instance_kind"] == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        if int(params.get("threads") or 0):
+            torch.set_num_threads(int(params["threads"]))
+        checkpoint = params.get("checkpoint") or None
+        if checkpoint and not Path(checkpoint).is_absolute():
+            checkpoint = str(Path(args["model_repository"]) / checkpoint)
+        self.loaded = load_model(checkpoint, device=device)
+        self.device = device
+        model_config = self.loaded.config
+        declared = {
+            "horizon": int(params.get("horizon", model_config.horizon)),
+            "samples_per_episode": int(params.get("samples_per_episode", model_config.samples_per_episode)),
+            "max_sample_interval_s": float(params.get("max_sample_interval_s", model_config.max_sample_interval_s)),
+        }
+        actual = {k: getattr(model_config, k) for k in declared}
+        frames_dims = next(i["dims"] for i in config["input"] if i["name"] == contract.FRAMES)
+        if declared != actual or int(frames_dims[0]) != 1 + model_config.horizon:
+            raise ValueError(
+                f"config.pbtxt declares {declared} and FRAMES dims {frames_dims}, but checkpoint "
+                f"{self.loaded.path} has {actual} (window of {1 + model_config.horizon} frames)"
+            )
+        self.horizon = model_config.horizon
+        self.version = self.loaded.version.encode()
+        self.text = TextEncoder(device)
+        self.text([" "])  # load the sentence encoder now, not on the first request
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        valid = []  # (request number, frames, texts, prefix)
+        for i, request in enumerate(requests):
+            try:
+                frames = _input(request, contract.FRAMES)
+                prefix = _input(request, contract.PREFIX_VALUE).reshape(-1).float()
+                tasks = pb_utils.get_input_tensor_by_name(request, contract.TASK).as_numpy().reshape(-1)
+                texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tasks]
+                contract.check_window_batch(frames.cpu().numpy(), texts, prefix.cpu().numpy(), self.horizon)
+                valid.append((i, frames, texts, prefix))
+            except Exception as exc:  # noqa: BLE001 - every problem becomes this request's error
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+        by_shape: dict[tuple, list] = {}
+        for item in valid:
+            by_shape.setdefault(tuple(item[1].shape[1:]), []).append(item)
+        for group in by_shape.values():
+            try:
+                frames = torch.cat([g[1] for g in group]).to(self.device)
+                texts = [t for g in group for t in g[2]]
+                prefix = torch.cat([g[3] for g in group]).to(self.device)
+                values = self.loaded.model.predict(frames, self.text(texts), prefix).float().contiguous()
+            except Exception as exc:  # noqa: BLE001
+                for g in group:
+                    responses[g[0]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
+                continue
+            start = 0
+            for i, batch, _, _ in group:
+                n = batch.shape[0]
+                version = np.array([[self.version]] * n, dtype=np.object_)
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor.from_dlpack(contract.VALUES, to_dlpack(values[start : start + n].cpu().contiguous())),
+                        pb_utils.Tensor(contract.MODEL_VERSION, version),
+                    ]
+                )
+                start += n
+        return responses
