@@ -7,7 +7,7 @@ Inputs
   PREFIX_VALUE  FP32   [B, 1]               value of the prefix frame, in [0, 1]
 Outputs
   VALUES        FP32   [B, h]               values of the h current frames, in [0, 1]
-  MODEL_VERSION BYTES  [B, 1]               the version of the model that answered
+  MODEL_VERSION BYTES  [B, 1]               "<version>@<checkpoint sha256[:16]>" of the model
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ MAX_BATCH = 64  # windows per request (config.pbtxt max_batch_size)
 MAX_SIDE = 1024  # pixels; frames are downscaled by the model anyway
 MIN_SIDE = 8
 MAX_TASK_BYTES = 1024
+
+
+def format_model_version(version: str, checkpoint_hash: str) -> str:
+    return f"{version}@{checkpoint_hash}"
+
+
+def parse_model_version(answer: str) -> tuple[str, str]:
+    version, _, checkpoint_hash = answer.rpartition("@")
+    return (version, checkpoint_hash) if version else (answer, "")
 
 
 class ContractError(ValueError):

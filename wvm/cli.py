@@ -203,6 +203,57 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_eval)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from wvm.serving.server import DEFAULT_REPOSITORY, TritonServer, write_repository
+
+    repository = Path(args.model_repository) if args.model_repository else DEFAULT_REPOSITORY
+    if args.checkpoint:
+        repository = write_repository(args.checkpoint, repository)
+    server = TritonServer(
+        model_repository=repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        config_name=args.config_name,
+        log_file=Path(args.log_file) if args.log_file else None,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"starting tritonserver on {repository} ...", file=sys.stderr)
+    with server:
+        print(json.dumps({"ready": True, **server.endpoints}), flush=True)
+        print("serving; Ctrl-C to stop", file=sys.stderr)
+        try:
+            while not stop.is_set() and server.process.poll() is None:
+                stop.wait(1.0)
+        except KeyboardInterrupt:
+            pass
+        if server.process.poll() is not None:
+            raise WvmError(f"tritonserver exited with code {server.process.returncode}")
+        print("stopping (in-flight requests finish first) ...", file=sys.stderr)
+    return None
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run a local Triton Inference Server with the model",
+        description="Start the tritonserver bundled in the nvidia-pytriton wheel on the project's model repository, "
+        "wait until the model is ready, print the endpoints, serve until Ctrl-C.",
+    )
+    p.add_argument("--model-repository", default=None, help="Triton model repository (default: model_repository/)")
+    p.add_argument("--checkpoint", default=None, help="serve this checkpoint instead of the one config.pbtxt names")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--config-name", default=None, help="model config variant, e.g. gpu (model_repository/wvm/configs/gpu.pbtxt)")
+    p.add_argument("--log-file", default=None, help="write the server log here")
+    p.set_defaults(run=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wvm",
@@ -213,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_serve(sub)
     _add_datagen(sub)
     return parser
 

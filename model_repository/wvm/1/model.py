@@ -55,7 +55,7 @@ class TritonPythonModel:
                 f"{self.loaded.path} has {actual} (window of {1 + model_config.horizon} frames)"
             )
         self.horizon = model_config.horizon
-        self.version = self.loaded.version.encode()
+        self.version = contract.format_model_version(self.loaded.version, self.loaded.checkpoint_hash).encode()
         self.text = TextEncoder(device)
         self.text([" "])  # load the sentence encoder now, not on the first request
 

@@ -1,0 +1,188 @@
+"""The Triton client: async gRPC with a bounded number of requests in flight.
+
+`TritonHandler` implements the same "run a batch of windows" interface as the in-process
+model. A batch is split into requests of at most `request_size` windows, sent concurrently
+with at most `max_in_flight` outstanding (backpressure: memory stays flat however large the
+job), each with a deadline; UNAVAILABLE / DEADLINE_EXCEEDED answers are retried with
+exponential backoff. Every answer carries the model version, which must not change mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from pipelines.errors import WvmError
+from schemas import inference as contract
+from wvm.handlers import ValueModelHandler
+from wvm.windows import WindowGeometry
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
+
+
+class ServerUnavailable(WvmError):
+    """The server could not be reached (after retries)."""
+
+
+class ServerRejected(WvmError):
+    """The server answered with an error for a request."""
+
+
+class ModelVersionMismatch(WvmError):
+    pass
+
+
+class TritonHandler(ValueModelHandler):
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        model: str = contract.MODEL_NAME,
+        max_in_flight: int = 8,
+        request_size: int = 16,
+        timeout_s: float = 60.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        ready_timeout_s: float = 60.0,
+        expected_version: str | None = None,
+    ):
+        self.url, self.model = url, model
+        self.max_in_flight, self.request_size = max_in_flight, request_size
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.ready_timeout_s = ready_timeout_s
+        self.expected_version = expected_version
+        self.version = ""
+        self.checkpoint_hash = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: grpcaio.InferenceServerClient | None = None
+
+    # -- lifecycle: a private event loop in a thread, so synchronous callers can use us ------
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def load(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="triton-client")
+            self._thread.start()
+        self._run(self._connect())
+
+    async def _connect(self) -> None:
+        self._client = grpcaio.InferenceServerClient(self.url)
+        self._semaphore = asyncio.Semaphore(self.max_in_flight)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout_s
+        last_error = "no answer"
+        while True:
+            try:
+                if await self._client.is_server_ready() and await self._client.is_model_ready(self.model):
+                    break
+                last_error = f"model {self.model!r} not ready"
+            except InferenceServerException as exc:
+                last_error = str(exc)
+            if loop.time() > deadline:
+                raise ServerUnavailable(
+                    f"Triton at {self.url} not ready after {self.ready_timeout_s:.0f}s ({last_error}); "
+                    "is `wvm serve` running and is --triton-url the gRPC port?"
+                )
+            await asyncio.sleep(0.5)
+        config = (await self._client.get_model_config(self.model, as_json=True))["config"]
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.geometry = WindowGeometry(
+            horizon=int(params["horizon"]),
+            samples_per_episode=int(params["samples_per_episode"]),
+            max_sample_interval_s=float(params["max_sample_interval_s"]),
+        )
+        self.max_batch = int(config.get("max_batch_size") or contract.MAX_BATCH)
+        self.request_size = min(self.request_size, self.max_batch)
+        # one tiny request tells the version before any real work
+        probe = np.zeros((1, 1 + self.geometry.horizon, contract.MIN_SIDE, contract.MIN_SIDE, 3), np.uint8)
+        await self._infer(probe, ["version probe"], np.zeros(1, np.float32))
+        log.info("Triton %s serves %s version %s", self.url, self.model, self.version)
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        if self._client is not None:
+            self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+        self._loop = None
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+        contract.check_window_batch(frames, texts, prefix, self.geometry.horizon)
+        return self._run(self.run_batch_async(frames, texts, prefix))
+
+    async def run_batch_async(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+        starts = range(0, len(frames), self.request_size)
+        parts = await asyncio.gather(
+            *(self._infer(frames[s : s + self.request_size], texts[s : s + self.request_size], prefix[s : s + self.request_size]) for s in starts)
+        )
+        return np.concatenate(parts)
+
+    async def _infer(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+        inputs = [
+            grpcclient.InferInput(contract.FRAMES, list(frames.shape), "UINT8"),
+            grpcclient.InferInput(contract.TASK, [len(texts), 1], "BYTES"),
+            grpcclient.InferInput(contract.PREFIX_VALUE, [len(texts), 1], "FP32"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(frames))
+        inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        inputs[2].set_data_from_numpy(np.asarray(prefix, np.float32).reshape(-1, 1))
+        outputs = [grpcclient.InferRequestedOutput(contract.VALUES), grpcclient.InferRequestedOutput(contract.MODEL_VERSION)]
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                async with self._semaphore:
+                    result = await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                break
+            except InferenceServerException as exc:
+                if str(exc.status()) not in RETRYABLE:
+                    raise ServerRejected(f"Triton {self.url} rejected a request: {exc.message()}") from None
+                if attempt == self.retries:
+                    raise ServerUnavailable(
+                        f"Triton at {self.url} unavailable after {self.retries + 1} attempts: {exc.message() or exc.status()}"
+                    ) from None
+                log.warning("Triton %s: %s; retry %d/%d in %.1fs", self.url, exc.status(), attempt + 1, self.retries, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self._check_version({v.decode() for v in result.as_numpy(contract.MODEL_VERSION).reshape(-1)})
+        return result.as_numpy(contract.VALUES).astype(np.float32)
+
+    def _check_version(self, answers: set[str]) -> None:
+        if len(answers) != 1:
+            raise ModelVersionMismatch(f"Triton {self.url} answered with several model versions {sorted(answers)}")
+        version, checkpoint_hash = contract.parse_model_version(answers.pop())
+        if self.expected_version and self.expected_version not in (version, f"{version}@{checkpoint_hash}"):
+            raise ModelVersionMismatch(
+                f"Triton {self.url} serves model version {version!r} (checkpoint {checkpoint_hash}), "
+                f"expected {self.expected_version!r}"
+            )
+        if self.version and (version, checkpoint_hash) != (self.version, self.checkpoint_hash):
+            raise ModelVersionMismatch(
+                f"Triton {self.url} changed model mid-run: {self.version}@{self.checkpoint_hash} -> {version}@{checkpoint_hash}"
+            )
+        self.version, self.checkpoint_hash = version, checkpoint_hash
+
+    def server_metrics(self) -> dict:
+        """The model's request/execution counters from the server (to see batching at work)."""
+        stats = self._run(self._client.get_inference_statistics(self.model, as_json=True))
+        model = stats["model_stats"][0]
+        return {
+            "requests": int(model["inference_stats"].get("success", {}).get("count", 0)),
+            "windows": int(model.get("inference_count", 0)),
+            "executions": int(model.get("execution_count", 0)),
+        }
+
