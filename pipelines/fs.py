@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import uuid
 from typing import Any
 
@@ -76,6 +77,22 @@ def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         os.replace(tmp, path)
     else:
         fs.pipe_file(path, data)
+
+
+def replace_with_local_file(fs: fsspec.AbstractFileSystem, path: str, local: str) -> None:
+    """Atomically replace `path` with the content of a local file, unless it is identical
+    (so a rerun that changes nothing writes nothing). Streams: the file is never in memory."""
+    if fs.exists(path) and fs.size(path) == os.path.getsize(local):
+        with fs.open(path, "rb") as current, open(local, "rb") as new:
+            if all(a == b for a, b in zip(iter(lambda: current.read(1 << 20), b""), iter(lambda: new.read(1 << 20), b""))):
+                return
+    if _is_local(fs):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+    else:
+        fs.put_file(local, path)  # a single upload: the object appears whole or not at all
 
 
 def write_parquet_atomic(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:

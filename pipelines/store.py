@@ -152,6 +152,14 @@ class EpisodeStore:
             raise StoreError(f"{self.url}: episode {row['episode_id']} has no camera {camera!r}; has {list(images.keys())}")
         return images[camera][row["offset"] + start : row["offset"] + stop]
 
+    def partition_rows(self, row: dict) -> int:
+        """Rows of the partition holding this episode (every array of it has this length)."""
+        return int(self._group(row)[layout.TIMESTAMP].shape[0])
+
+    def read_frames_at(self, row: dict, camera: str, indices) -> np.ndarray:
+        """uint8 (len(indices), H, W, 3): only the chunks holding those frames are read."""
+        return self._group(row)[layout.IMAGES_GROUP][camera].oindex[row["offset"] + np.asarray(indices)]
+
     def read_table(self, row: dict) -> EpisodeTable:
         group = self._group(row)
         rows = slice(row["offset"], row["offset"] + row["length"])

@@ -254,6 +254,64 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_serve)
 
 
+def _model_spec(args: argparse.Namespace):
+    from pipelines.stages.relabel import ModelSpec
+
+    return ModelSpec(
+        backend=args.backend,
+        checkpoint=args.checkpoint,
+        triton_url=args.triton_url,
+        expected_version=args.model_version,
+        device=args.device,
+    )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "triton"), default="local", help="run the model in-process or on Triton")
+    p.add_argument("--checkpoint", default=None, help="local backend: checkpoint directory (default: the shipped model)")
+    p.add_argument("--triton-url", default="127.0.0.1:8001", help="triton backend: HOST:GRPC_PORT")
+    p.add_argument("--model-version", default=None, help="triton backend: fail unless the server runs this version")
+    p.add_argument("--device", default="cpu", help="local backend: torch device")
+
+
+def _relabel(args: argparse.Namespace) -> dict:
+    from pipelines.relabel import RelabelConfig, run_relabel
+
+    config = RelabelConfig(
+        source=args.src,
+        dst=args.out,
+        model=_model_spec(args),
+        camera=args.camera,
+        partition_frames=args.partition_frames,
+        on_error=args.on_error,
+        advantage_horizon=args.horizon,
+        publish=not args.no_publish,
+    )
+    with _engine(args) as engine:
+        return run_relabel(config, engine).as_dict()
+
+
+def _add_relabel(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "relabel",
+        help="label every frame of a dataset with task progress, advantages and sample weights",
+        description="Label SRC (a LeRobot v3.0 / v2.1 dataset or an episode store, local or URL) with the value "
+        "model and write per-frame progress (Zarr + frames.parquet), advantages and weights, per-episode quality "
+        "(episodes.parquet) and LeRobot's RA-BC sidecar (wvm_progress.parquet) into OUT/versions/<model>/. "
+        "Reruns label only what is new; another model version writes beside, never over.",
+    )
+    p.add_argument("src", help="LeRobot dataset or episode store")
+    p.add_argument("--out", required=True, help="labels directory (local or URL)")
+    _add_model_args(p)
+    p.add_argument("--camera", default=None, help="camera the model looks at (default: the first)")
+    p.add_argument("--horizon", type=int, default=10, help="action horizon H of the chunk advantage")
+    p.add_argument("--partition-frames", type=int, default=2000, help="LeRobot sources: frames per partition")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    p.add_argument("--no-publish", action="store_true", help="do not update OUT/latest.json and OUT/wvm_progress.parquet")
+    _add_engine_args(p)
+    p.set_defaults(run=_relabel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wvm",
@@ -262,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ingest(sub)
+    _add_relabel(sub)
     _add_train(sub)
     _add_eval(sub)
     _add_serve(sub)

@@ -1,0 +1,224 @@
+"""Relabel stage: value-label one partition of episodes with a model and write its outputs.
+
+For each episode: read its per-frame table and only the frames the model samples, chain the
+windows (wvm.windows) through the model handler, batching across all episodes of the
+partition, then compute advantages, weights and the episode summary, and write the
+partition's progress array, frames and sidecar parts, and last its commit record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.errors import EpisodeError, WvmError
+from pipelines.labels_store import LabelsStore
+from pipelines.lerobot import LeRobotDataset, SourceEpisode
+from pipelines.stages.base import Stage
+from pipelines.stages.ingest import failure_row
+from pipelines.store import EpisodeStore, utcnow
+from schemas import labels as spec
+from schemas.validate import conform
+from wvm.weights import awr_weights, binary_weights, chunk_advantage, episode_summary
+from wvm.windows import EpisodeChain, label_episodes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model answers: in-process (`local`) or a Triton server (`triton`)."""
+
+    backend: str = "local"  # local | triton
+    checkpoint: str | None = None  # local: checkpoint directory (default: the shipped one)
+    triton_url: str = "127.0.0.1:8001"  # triton: host:gRPC port
+    expected_version: str | None = None  # triton: refuse a server with another model
+    device: str = "cpu"
+    threads: int = 0
+
+    def handler(self):
+        if self.backend == "triton":
+            from wvm.serving.client import TritonHandler
+
+            return TritonHandler(self.triton_url, expected_version=self.expected_version)
+        if self.backend == "local":
+            from wvm.handlers import LocalHandler
+
+            return LocalHandler(self.checkpoint, device=self.device, threads=self.threads)
+        raise WvmError(f"unknown model backend {self.backend!r} (local | triton)")
+
+
+@dataclass(frozen=True)
+class LabelEpisode:
+    episode_id: str
+    fingerprint: str
+    source_uri: str
+    episode_index: int
+    task: str
+    embodiment: str
+    fps: float
+    length: int
+    camera: str
+    offset: int  # first row in the partition's progress array
+    store_row: tuple | None = None  # manifest row items, for episode-store sources
+    source: SourceEpisode | None = None  # for LeRobot sources
+    has_source_index: bool = True  # the source has LeRobot's global frame index: write a sidecar
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    partition_id: str
+    rows: int  # length of the partition's progress array
+    episodes: tuple[LabelEpisode, ...]
+
+
+@dataclass
+class LabelResult:
+    partition_id: str
+    episodes: int
+    frames: int
+    windows: int
+    failures: list[dict] = field(default_factory=list)
+
+
+class _Frames:
+    """Per-frame tables and sampled frames, from an episode store or a LeRobot dataset."""
+
+    def __init__(self, source_url: str, kind: str):
+        self.kind = kind
+        self.store = EpisodeStore(source_url) if kind == "store" else None
+        self.dataset = LeRobotDataset(source_url) if kind == "lerobot" else None
+
+    def table(self, episode: LabelEpisode):
+        if self.store is not None:
+            return self.store.read_table(dict(episode.store_row))
+        return self.dataset.read_frames(episode.source)
+
+    def sampled(self, episode: LabelEpisode, table, indices: np.ndarray) -> np.ndarray:
+        if self.store is not None:
+            return self.store.read_frames_at(dict(episode.store_row), episode.camera, indices)
+        return np.stack(list(self.dataset.decode(episode.source, episode.camera, table.timestamp[indices])))
+
+
+@dataclass(unsafe_hash=True)
+class LabelPartition(Stage[LabelTask, LabelResult]):
+    source_url: str
+    source_kind: str  # store | lerobot
+    dst_url: str
+    model_key: str
+    model: ModelSpec
+    run_id: str
+    code_version: str
+    advantage_horizon: int = spec.ADVANTAGE_HORIZON
+    batch_size: int = 64
+    skip_bad_episodes: bool = False
+    name = "relabel"
+
+    def setup(self) -> None:
+        self._frames = _Frames(self.source_url, self.source_kind)
+        self._labels = LabelsStore(self.dst_url).version(self.model_key)
+        info = self._labels.model_info()
+        spec_ = self.model
+        if spec_.backend == "triton" and not spec_.expected_version:
+            spec_ = ModelSpec(**{**spec_.__dict__, "expected_version": f"{info['model_version']}@{info['checkpoint_hash']}"})
+        self._handler = spec_.handler()
+        self._handler.load()
+        if (self._handler.version, self._handler.checkpoint_hash) != (info["model_version"], info["checkpoint_hash"]):
+            raise WvmError(
+                f"model {self._handler.version}@{self._handler.checkpoint_hash} is not the one this run labels with "
+                f"({info['model_version']}@{info['checkpoint_hash']})"
+            )
+
+    def item_key(self, item: LabelTask) -> str:
+        return item.partition_id
+
+    def process(self, task: LabelTask) -> LabelResult:
+        chains, tables, images, failures = [], {}, {}, []
+        for episode in task.episodes:
+            chain = EpisodeChain(episode.episode_id, episode.length, episode.fps, episode.task, self._handler.geometry)
+            try:
+                table = self._frames.table(episode)
+                images[episode.episode_id] = self._frames.sampled(episode, table, chain.samples)
+            except EpisodeError as error:
+                if not self.skip_bad_episodes:
+                    raise
+                failures.append(failure_row(episode.source_uri, error, self.run_id))
+                continue
+            tables[episode.episode_id] = table
+            chains.append(chain)
+
+        def fetch(chain: EpisodeChain, indices: np.ndarray) -> np.ndarray:
+            return images[chain.key][np.searchsorted(chain.samples, indices)]
+
+        label_episodes(chains, fetch, self._handler.run_batch, self.batch_size)
+        by_id = {e.episode_id: e for e in task.episodes}
+        frames, sidecar, episodes, progress = [], [], [], []
+        stamps = {
+            "model_version": self._handler.version,
+            "checkpoint_hash": self._handler.checkpoint_hash,
+            "code_version": self.code_version,
+        }
+        for chain in chains:
+            episode, table = by_id[chain.key], tables[chain.key]
+            values = chain.frame_values()
+            advantage = chunk_advantage(values, self.advantage_horizon)
+            n = len(values)
+            stamp_columns = {k: [v] * n for k, v in stamps.items()} | {"source_fingerprint": [episode.fingerprint] * n}
+            frames.append(
+                pa.table(
+                    {
+                        "episode_id": [episode.episode_id] * n,
+                        "episode_index": np.full(n, episode.episode_index, np.int64),
+                        "frame_index": table.frame_index,
+                        "index": table.index,
+                        "timestamp": table.timestamp,
+                        "progress": values,
+                        "advantage": advantage,
+                        "w_binary": binary_weights(advantage),
+                        # provisional: `finalize` applies the dataset-level cut after the run
+                        "w_top70": binary_weights(advantage),
+                        "w_awr": awr_weights(advantage),
+                        **stamp_columns,
+                    }
+                )
+            )
+            if episode.has_source_index:
+                sidecar.append(
+                    pa.table(
+                        {
+                            "index": table.index,
+                            "episode_index": np.full(n, episode.episode_index, np.int64),
+                            "frame_index": table.frame_index,
+                            "progress_sparse": values,
+                        }
+                    )
+                )
+            progress.append((episode.offset, values))
+            episodes.append(
+                {
+                    "episode_id": episode.episode_id,
+                    "episode_index": episode.episode_index,
+                    "source_uri": episode.source_uri,
+                    "task": episode.task,
+                    "embodiment": episode.embodiment,
+                    "length": n,
+                    "fps": episode.fps,
+                    **episode_summary(values),
+                    "partition_id": task.partition_id,
+                    "progress_path": f"{spec.PROGRESS_DIR}/{task.partition_id}/{self.run_id}",
+                    "progress_offset": episode.offset,
+                    "run_id": self.run_id,
+                    "labelled_at": utcnow(),
+                    **stamps,
+                    "source_fingerprint": episode.fingerprint,
+                }
+            )
+        if episodes:
+            labels = self._labels
+            labels.write_progress(f"{task.partition_id}/{self.run_id}", task.rows, progress)
+            labels.write_part(spec.FRAMES_DIR, task.partition_id, conform(pa.concat_tables(frames), spec.FRAMES, "frames"))
+            if sidecar:
+                labels.write_part(spec.SIDECAR_PARTS_DIR, task.partition_id, conform(pa.concat_tables(sidecar), spec.SIDECAR, "sidecar"))
+            labels.commit(task.partition_id, pa.Table.from_pylist(episodes))
+        windows = sum(c.windows for c in chains)
+        return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), windows, failures)

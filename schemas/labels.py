@@ -1,0 +1,113 @@
+"""Value labels: what `wvm relabel` writes (see schemas/README.md).
+
+    <dst>/wvm_labels.json                         format + schema_version of this directory
+    <dst>/wvm_progress.parquet                    RA-BC sidecar of the latest published model
+    <dst>/latest.json                             which model version is published (written last)
+    <dst>/versions/<model_key>/                   one directory per model version; never shared
+        model.json                                version, checkpoint hash, code version
+        progress/<partition path>/progress        Zarr float32 (N,) aligned row for row with the
+                                                  episode store partition (or a source block)
+        frames.parquet/part-<partition>.parquet   FRAMES rows, one file per partition
+        episodes/part-<partition>.parquet         EPISODES rows: the partition's commit record
+        sidecar/part-<partition>.parquet          SIDECAR rows of the partition
+        episodes.parquet                          all EPISODES rows (consolidated per run)
+        wvm_progress.parquet                      LeRobot RA-BC sidecar (consolidated per run)
+        weights.json                              dataset-level weight parameters (top-70% cut)
+        failures.parquet                          dead-letter table (schemas.episode_store.FAILURES)
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+LABELS_FORMAT = "wvm-labels"
+LABELS_SCHEMA_VERSION = 1
+
+ROOT_MARKER = "wvm_labels.json"
+LATEST_POINTER = "latest.json"
+VERSIONS_DIR = "versions"
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.json"
+PROGRESS_DIR = "progress"
+PROGRESS_ARRAY = "progress"
+FRAMES_DIR = "frames.parquet"
+EPISODE_PARTS_DIR = "episodes"
+SIDECAR_PARTS_DIR = "sidecar"
+EPISODES_FILE = "episodes.parquet"
+SIDECAR_FILE = "wvm_progress.parquet"
+
+# Policy-extraction defaults (REFERENCE §3).
+ADVANTAGE_HORIZON = 10
+AWR_TAU = 10.0
+AWR_DELTA = 2.0
+TOP_FRACTION = 0.7
+
+# Episode summary thresholds: a frame is flat when its value moves less than a quarter of the
+# per-frame progress of an ideal (linear) episode, falling when it drops by more than that.
+FLAT_RATE = 0.25
+
+_STAMPS = [
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("checkpoint_hash", pa.string(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+    pa.field("source_fingerprint", pa.string(), nullable=False),
+]
+
+FRAMES = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("episode_index", pa.int64(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("index", pa.int64(), nullable=False),  # the source's global frame index
+        pa.field("timestamp", pa.float64(), nullable=False),
+        pa.field("progress", pa.float32(), nullable=False),
+        pa.field("advantage", pa.float32(), nullable=False),
+        pa.field("w_binary", pa.float32(), nullable=False),
+        pa.field("w_top70", pa.float32(), nullable=False),
+        pa.field("w_awr", pa.float32(), nullable=False),
+        *_STAMPS,
+    ],
+    metadata={"wvm.table": "frames", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
+)
+
+EPISODES = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("episode_index", pa.int64(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("task", pa.string(), nullable=False),
+        pa.field("embodiment", pa.string(), nullable=False),
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("fps", pa.float64(), nullable=False),
+        pa.field("final_progress", pa.float32(), nullable=False),
+        pa.field("max_progress", pa.float32(), nullable=False),
+        pa.field("monotonicity", pa.float32(), nullable=False),
+        pa.field("flat_fraction", pa.float32(), nullable=False),
+        pa.field("falling_fraction", pa.float32(), nullable=False),
+        pa.field("quality", pa.float32(), nullable=False),
+        pa.field("partition_id", pa.string(), nullable=False),
+        pa.field("progress_path", pa.string(), nullable=False),  # Zarr group of the progress array
+        pa.field("progress_offset", pa.int64(), nullable=False),  # first row of the episode there
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("labelled_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        *_STAMPS,
+    ],
+    metadata={"wvm.table": "episodes", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
+)
+
+# Exactly the columns LeRobot's RA-BC sample weighting reads (REFERENCE §5).
+SIDECAR = pa.schema(
+    [
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("episode_index", pa.int64(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("progress_sparse", pa.float32(), nullable=False),
+    ]
+)
+
+
+def model_key(version: str, checkpoint_hash: str) -> str:
+    """The directory name of one model version's labels."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{version}-{checkpoint_hash}")

@@ -1,0 +1,76 @@
+"""From per-frame values to what training teams use: chunk advantages, sample weights
+(REFERENCE §3) and a per-episode quality summary (definitions in schemas/README.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas import labels as spec
+from wvm.metrics import expert_voc
+
+
+def chunk_advantage(values: np.ndarray, horizon: int = spec.ADVANTAGE_HORIZON) -> np.ndarray:
+    """A_t = V(min(t + H - 1, T - 1)) - V(t)."""
+    values = np.asarray(values, dtype=np.float64)
+    ahead = np.minimum(np.arange(len(values)) + horizon - 1, len(values) - 1)
+    return (values[ahead] - values).astype(np.float32)
+
+
+def binary_weights(advantage: np.ndarray) -> np.ndarray:
+    """Binary filtered BC: w = 1[A >= 0]."""
+    return (advantage >= 0).astype(np.float32)
+
+
+def awr_weights(advantage: np.ndarray, tau: float = spec.AWR_TAU, delta: float = spec.AWR_DELTA) -> np.ndarray:
+    """AWR: w = min(exp(tau * A), delta). Trainers renormalise to mean 1 per batch."""
+    return np.minimum(np.exp(tau * np.asarray(advantage, dtype=np.float64)), delta).astype(np.float32)
+
+
+def top_weights(advantage: np.ndarray, threshold: float) -> np.ndarray:
+    """Top-fraction filtered BC: keep samples at or above the dataset-level cut."""
+    return (advantage >= threshold).astype(np.float32)
+
+
+class AdvantageHistogram:
+    """Streaming quantiles of advantages (which lie in [-1, 1]) with fixed 1e-4 bins: memory is
+    constant however many frames, and the result does not depend on the order of the data."""
+
+    BINS = 20_000
+
+    def __init__(self):
+        self.counts = np.zeros(self.BINS, dtype=np.int64)
+
+    def add(self, advantage: np.ndarray) -> None:
+        a = np.clip(np.asarray(advantage, dtype=np.float64), -1.0, 1.0)
+        idx = np.minimum(((a + 1.0) / 2.0 * self.BINS).astype(np.int64), self.BINS - 1)
+        self.counts += np.bincount(idx, minlength=self.BINS)
+
+    def cut_keeping(self, fraction: float) -> float:
+        """The lower edge of the bin where the top `fraction` of samples begins."""
+        total = self.counts.sum()
+        if total == 0:
+            return 0.0
+        from_top = np.cumsum(self.counts[::-1])
+        first = int(np.searchsorted(from_top, fraction * total))  # bins counted from the top
+        lower_bin = self.BINS - 1 - min(first, self.BINS - 1)
+        return round(-1.0 + 2.0 * lower_bin / self.BINS, 6)
+
+
+def episode_summary(values: np.ndarray) -> dict:
+    """final / max progress, monotonicity (VOC against time), flat and falling fractions of
+    frame steps, and quality = final * (1 - falling) * (1 - flat / 2), all in [0, 1]
+    (monotonicity in [-1, 1])."""
+    v = np.asarray(values, dtype=np.float64)
+    steps = np.diff(v)
+    rate = spec.FLAT_RATE / max(len(v) - 1, 1)
+    flat = float(np.mean(np.abs(steps) < rate)) if len(steps) else 0.0
+    falling = float(np.mean(steps < -rate)) if len(steps) else 0.0
+    final = float(v[-1])
+    return {
+        "final_progress": final,
+        "max_progress": float(v.max()),
+        "monotonicity": expert_voc(v),
+        "flat_fraction": flat,
+        "falling_fraction": falling,
+        "quality": final * (1.0 - falling) * (1.0 - flat / 2.0),
+    }
