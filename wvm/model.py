@@ -356,7 +356,7 @@ class StaticValueModel(nn.Module):
         self.autoencoder = FrameAutoencoder(config)
         self.video = SmallVideoBackbone(config)  # reused for patchify/embed (one frame)
         layer = nn.TransformerEncoderLayer(w, config.heads, config.mlp_ratio * w, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, config.depth)
+        self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
     encode_frames = WorldValueModel.encode_frames
