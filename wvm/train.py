@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: int = 200
     aug_variants: int = 4  # augmented views per episode, encoded once
+    init_autoencoder: str | None = None  # reuse this checkpoint's frozen encoder, skip that phase
     text_dropout: float = 0.1
     checkpoint_every: int = 500
     log_every: int = 50
@@ -136,10 +137,18 @@ class Trainer:
             torch.set_rng_state(tensors["torch_rng"])
         if model is None:
             model = build_model(self.model_config).to(self.device)
+            if cfg.init_autoencoder:
+                # Baselines share the main model's frozen encoder (same latents, fair comparison).
+                donor = load_model(cfg.init_autoencoder, device=str(self.device))
+                model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict())
+                self.model_config.latent_mean = donor.config.latent_mean
+                self.model_config.latent_std = donor.config.latent_std
+                phase = "value"
         if phase == "autoencoder":
             self._train_autoencoder(model, episodes, rng, start, tensors)
             phase, start, tensors = "value", 0, None
             self._save("latest", model, torch.optim.AdamW(model.parameters()), phase, 0, rng)
+            save_model(self.out / "checkpoints" / "ae", model, self.model_config)
         self._train_value(model, episodes, rng, start, tensors)
         final = self.out / "final"
         checkpoint_hash = save_model(final, model, self.model_config)
