@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not args.verbose:  # engines log every worker start and stop at INFO
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when distributed is imported
         for name in ("distributed", "apache_beam", "prefect", "httpx", "sentence_transformers", "matplotlib"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:

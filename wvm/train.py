@@ -144,33 +144,48 @@ class Trainer:
                 self.model_config.latent_mean = donor.config.latent_mean
                 self.model_config.latent_std = donor.config.latent_std
                 phase = "value"
+        views = self._views(episodes)
         if phase == "autoencoder":
-            self._train_autoencoder(model, episodes, rng, start, tensors)
+            self._train_autoencoder(model, views, rng, start, tensors)
             phase, start, tensors = "value", 0, None
             self._save("latest", model, torch.optim.AdamW(model.parameters()), phase, 0, rng)
             save_model(self.out / "checkpoints" / "ae", model, self.model_config)
-        self._train_value(model, episodes, rng, start, tensors)
+        self._train_value(model, episodes, views, rng, start, tensors)
         final = self.out / "final"
         checkpoint_hash = save_model(final, model, self.model_config)
         self._log({"phase": "done", "checkpoint": str(final), "hash": checkpoint_hash})
         return final
 
-    def _train_autoencoder(self, model, episodes: list[TrainingEpisode], rng, start: int, tensors) -> None:
+    @torch.no_grad()
+    def _views(self, episodes: list[TrainingEpisode]) -> torch.Tensor:
+        """Every frame under `aug_variants` views at the model's input size, uint8
+        (views, frames, S, S, 3). View 0 is the inference preprocessing; the others are one
+        random augmentation per episode. Made once, batched per episode (fast), and
+        deterministic in the seed, so a resumed run sees the same data."""
         cfg, size = self.config, self.model_config.image_size
+        views = []
+        for view in tqdm(range(cfg.aug_variants), desc="views", disable=not self.progress):
+            chunks = []
+            for e_index, episode in enumerate(episodes):
+                frames = torch.from_numpy(episode.frames)
+                rng = np.random.default_rng([cfg.seed, view, e_index])
+                x = preprocess(frames, size) if view == 0 else augment(frames, size, rng)
+                chunks.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+            views.append(torch.cat(chunks))
+        return torch.stack(views)
+
+    def _train_autoencoder(self, model, views: torch.Tensor, rng, start: int, tensors) -> None:
+        cfg = self.config
         ae = model.autoencoder
         ae.train()
         optimizer = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
         if tensors:
             self._restore_optimizer(optimizer, tensors)
-        lengths = np.array([len(e.values) for e in episodes])
         started = time.monotonic()
+        n_views, n_frames = views.shape[:2]
         for step in tqdm(range(start, cfg.ae_steps), desc="autoencoder", initial=start, total=cfg.ae_steps, disable=not self.progress):
-            ids = rng.integers(0, len(episodes), cfg.ae_batch)
-            views = []
-            for i in ids:
-                frame = torch.from_numpy(episodes[i].frames[rng.integers(0, lengths[i])][None])
-                views.append(augment(frame, size, rng) if rng.random() < 0.75 else preprocess(frame, size))
-            x = torch.cat(views).to(self.device)
+            pick = views[rng.integers(0, n_views, cfg.ae_batch), rng.integers(0, n_frames, cfg.ae_batch)]
+            x = (pick.permute(0, 3, 1, 2).float() / 127.5 - 1.0).to(self.device)
             for group in optimizer.param_groups:
                 group["lr"] = self._schedule(step, cfg.ae_steps, cfg.ae_lr)
             with self._autocast():
@@ -185,29 +200,24 @@ class Trainer:
         ae.eval()
 
     @torch.no_grad()
-    def _encode_views(self, model, episodes: list[TrainingEpisode]) -> torch.Tensor:
-        """Latents of every frame under `aug_variants` views (view 0: no augmentation), float16
-        (views, frames, C, S, S). Deterministic in the seed, so a resumed run sees the same."""
-        cfg, mc = self.config, self.model_config
+    def _encode_views(self, model, views: torch.Tensor) -> torch.Tensor:
+        """Normalised latents of every view of every frame, float16 (views, frames, C, S, S)."""
+        mc = self.model_config
         ae = model.autoencoder.eval()
-        views = []
-        for view in tqdm(range(cfg.aug_variants), desc="encode views", disable=not self.progress):
-            chunks = []
-            for e_index, episode in enumerate(episodes):
-                frames = torch.from_numpy(episode.frames)
-                rng = np.random.default_rng([cfg.seed, view, e_index])
-                x = preprocess(frames, mc.image_size) if view == 0 else augment(frames, mc.image_size, rng)
-                chunks.append(torch.cat([ae.encode(b.to(self.device)).cpu() for b in x.split(256)]))
-            views.append(torch.cat(chunks))
-        latents = torch.stack(views)
+        latents = torch.stack(
+            [
+                torch.cat([ae.encode((b.permute(0, 3, 1, 2).float() / 127.5 - 1.0).to(self.device)).cpu() for b in view.split(512)])
+                for view in tqdm(views, desc="encode views", disable=not self.progress)
+            ]
+        )
         if mc.latent_std == 1.0 and mc.latent_mean == 0.0:  # first time: fix the normalisation
             mc.latent_mean = float(latents[0].mean())
             mc.latent_std = float(latents[0].std())
         return ((latents - mc.latent_mean) / mc.latent_std).half()
 
-    def _train_value(self, model, episodes: list[TrainingEpisode], rng, start: int, tensors) -> None:
+    def _train_value(self, model, episodes: list[TrainingEpisode], views: torch.Tensor, rng, start: int, tensors) -> None:
         cfg, mc = self.config, self.model_config
-        latents = self._encode_views(model, episodes)
+        latents = self._encode_views(model, views)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = ClipSampler(episodes, mc.horizon, mc.samples_per_episode, mc.max_sample_interval_s)
