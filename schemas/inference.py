@@ -42,7 +42,9 @@ class ContractError(ValueError):
     """A batch of windows that violates the contract."""
 
 
-def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, horizon: int) -> None:
+def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, horizon: int, max_batch: int | None = MAX_BATCH) -> None:
+    """Raise ContractError naming the first violation. Callers that split batches themselves
+    (the handlers) pass max_batch=None; the server checks every request against MAX_BATCH."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
         raise ContractError(f"{FRAMES} must be uint8, got {getattr(frames, 'dtype', type(frames))}")
     if frames.ndim != 5:
@@ -50,8 +52,8 @@ def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, horizon: i
     b, k, h, w, c = frames.shape
     if k != 1 + horizon or c != 3:
         raise ContractError(f"{FRAMES} must be [B, {1 + horizon}, H, W, 3], got {list(frames.shape)}")
-    if not 1 <= b <= MAX_BATCH:
-        raise ContractError(f"batch of {b} windows; allowed 1..{MAX_BATCH}")
+    if b < 1 or (max_batch is not None and b > max_batch):
+        raise ContractError(f"batch of {b} windows; allowed 1..{max_batch}")
     if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
         raise ContractError(f"frame size {h}x{w} outside {MIN_SIDE}..{MAX_SIDE} pixels")
     if len(texts) != b:

@@ -100,3 +100,42 @@ def gcs_emulator():
         os.environ["STORAGE_EMULATOR_HOST"] = old
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def shipped_checkpoint() -> Path:
+    from wvm.checkpoint import DEFAULT_CHECKPOINT
+
+    assert (DEFAULT_CHECKPOINT / "model.safetensors").exists(), "the shipped checkpoint is missing"
+    return DEFAULT_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory, shipped_checkpoint):
+    """A real tritonserver (the binary bundled in nvidia-pytriton) serving the project's own
+    model repository, unchanged, on free ports."""
+    from wvm.serving.server import TritonServer
+
+    log = tmp_path_factory.mktemp("triton") / "server.log"
+    server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=log)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(tmp_path_factory, shipped_checkpoint) -> Path:
+    """A second model version: the shipped weights, slightly perturbed, under another version."""
+    import torch
+
+    from wvm.checkpoint import load_model, save_model
+
+    loaded = load_model(shipped_checkpoint)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if name.startswith("value."):
+                p.add_(0.01 * torch.randn_like(p))
+    loaded.config.version = loaded.config.version + "-other"
+    path = tmp_path_factory.mktemp("ckpt") / "other"
+    save_model(path, loaded.model, loaded.config)
+    return path

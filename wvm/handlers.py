@@ -63,7 +63,7 @@ class LocalHandler(ValueModelHandler):
 
         from schemas.inference import check_window_batch
 
-        check_window_batch(frames, texts, prefix, self.geometry.horizon)
+        check_window_batch(frames, texts, prefix, self.geometry.horizon, max_batch=None)
         with torch.no_grad():
             values = self._loaded.model.predict(
                 torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),

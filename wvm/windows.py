@@ -70,14 +70,16 @@ class EpisodeChain:
     def done(self) -> bool:
         return self.next_window >= self.windows
 
-    def _chunk(self, w: int) -> np.ndarray:
-        return np.minimum(np.arange(w + 1, w + 1 + self.geometry.horizon), len(self.samples) - 1)
+    def indices(self, w: int) -> np.ndarray:
+        """Frame indices of window w: [prefix, current...]; past the end the last frame repeats."""
+        chunk = np.minimum(np.arange(w + 1, w + 1 + self.geometry.horizon), len(self.samples) - 1)
+        return self.samples[np.concatenate([[w], chunk])]
 
     def window(self) -> tuple[np.ndarray, float]:
-        """(frame indices [prefix, current...], prefix value) of the next window."""
+        """(frame indices, prefix value) of the next window."""
         w = self.next_window
         prefix = 0.0 if w == 0 else self.sums[w] / self.counts[w]
-        return self.samples[np.concatenate([[w], self._chunk(w)])], float(prefix)
+        return self.indices(w), float(prefix)
 
     def add(self, values: np.ndarray) -> None:
         w = self.next_window

@@ -96,13 +96,13 @@ class TritonHandler(ValueModelHandler):
                 )
             await asyncio.sleep(0.5)
         config = (await self._client.get_model_config(self.model, as_json=True))["config"]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = {k: v.get("stringValue", v.get("string_value")) for k, v in config.get("parameters", {}).items()}
         self.geometry = WindowGeometry(
             horizon=int(params["horizon"]),
             samples_per_episode=int(params["samples_per_episode"]),
             max_sample_interval_s=float(params["max_sample_interval_s"]),
         )
-        self.max_batch = int(config.get("max_batch_size") or contract.MAX_BATCH)
+        self.max_batch = int(config.get("maxBatchSize", config.get("max_batch_size")) or contract.MAX_BATCH)
         self.request_size = min(self.request_size, self.max_batch)
         # one tiny request tells the version before any real work
         probe = np.zeros((1, 1 + self.geometry.horizon, contract.MIN_SIDE, contract.MIN_SIDE, 3), np.uint8)
@@ -122,7 +122,7 @@ class TritonHandler(ValueModelHandler):
     # -- requests ----------------------------------------------------------------------------
 
     def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        contract.check_window_batch(frames, texts, prefix, self.geometry.horizon)
+        contract.check_window_batch(frames, texts, prefix, self.geometry.horizon, max_batch=None)
         return self._run(self.run_batch_async(frames, texts, prefix))
 
     async def run_batch_async(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:

@@ -1,0 +1,147 @@
+"""The model on a real Triton Inference Server: same values as in-process, dynamic batching,
+request validation, and a client that retries and then fails clearly."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import METAWORLD_MINI, free_port
+from schemas import inference as contract
+from wvm.evaluate import load_bench
+from wvm.handlers import LocalHandler
+from wvm.serving.client import ServerUnavailable, TritonHandler
+from wvm.windows import EpisodeChain
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def windows(shipped_checkpoint):
+    """Every window the model sees when labelling metaworld_mini (real AV1-decoded frames)."""
+    local = LocalHandler(str(shipped_checkpoint))
+    local.load()
+    frames, texts, prefix = [], [], []
+    rng = np.random.default_rng(0)
+    for e in load_bench(str(METAWORLD_MINI)):
+        chain = EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, local.geometry)
+        for w in range(chain.windows):
+            frames.append(e.frames[chain.indices(w)])
+            texts.append(e.task)
+            prefix.append(rng.random())
+    return local, np.stack(frames), texts, np.array(prefix, np.float32)
+
+
+def test_triton_values_equal_in_process_values(triton_server, windows):
+    local, frames, texts, prefix = windows
+    with TritonHandler(triton_server.grpc_url) as remote:
+        assert (remote.version, remote.checkpoint_hash) == (local.version, local.checkpoint_hash)
+        assert remote.geometry == local.geometry
+        got = remote.run_batch(frames, texts, prefix)
+    expected = np.concatenate([local.run_batch(frames[i : i + 64], texts[i : i + 64], prefix[i : i + 64]) for i in range(0, len(frames), 64)])
+    assert got.shape == (len(frames), 4)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_server_batches_concurrent_requests(triton_server, windows):
+    _, frames, texts, prefix = windows
+    with TritonHandler(triton_server.grpc_url, request_size=1, max_in_flight=32) as remote:
+        before = remote.server_metrics()
+        remote.run_batch(frames[:64], texts[:64], prefix[:64])  # 64 single-window requests at once
+        after = remote.server_metrics()
+    requests = after["requests"] - before["requests"]
+    executions = after["executions"] - before["executions"]
+    assert requests == 64
+    assert executions < requests, f"{executions} executions for {requests} requests: no dynamic batching"
+
+
+def _infer(url, frames, task, prefix, frames_dtype="UINT8"):
+    client = grpcclient.InferenceServerClient(url)
+    inputs = [
+        grpcclient.InferInput(contract.FRAMES, list(frames.shape), frames_dtype),
+        grpcclient.InferInput(contract.TASK, [len(task), 1], "BYTES"),
+        grpcclient.InferInput(contract.PREFIX_VALUE, [len(prefix), 1], "FP32"),
+    ]
+    inputs[0].set_data_from_numpy(frames)
+    inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in task], dtype=np.object_))
+    inputs[2].set_data_from_numpy(np.asarray(prefix, np.float32).reshape(-1, 1))
+    return client.infer(contract.MODEL_NAME, inputs)
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("wrong dtype", "data-type is 'FP32', but model 'wvm' expects 'UINT8'"),
+        ("wrong rank", "unexpected shape for input 'FRAMES'"),
+        ("too many frames", "unexpected shape for input 'FRAMES'"),
+        ("oversized batch", "batch-size must be <= 64"),
+        ("empty text", "TASK must be non-empty text"),
+        ("prefix out of range", "PREFIX_VALUE must be finite and in [0, 1]"),
+        ("tiny frames", "frame size 4x4 outside"),
+    ],
+)
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(triton_server, case, expected):
+    ok = np.zeros((1, 5, 32, 32, 3), np.uint8)
+    args = {
+        "wrong dtype": (ok.astype(np.float32), ["drawer open"], [0.0], "FP32"),
+        "wrong rank": (np.zeros((1, 5, 32, 32), np.uint8), ["drawer open"], [0.0]),
+        "too many frames": (np.zeros((1, 9, 32, 32, 3), np.uint8), ["drawer open"], [0.0]),
+        "oversized batch": (np.zeros((65, 5, 8, 8, 3), np.uint8), ["x"] * 65, [0.0] * 65),
+        "empty text": (ok, [""], [0.0]),
+        "prefix out of range": (ok, ["drawer open"], [1.5]),
+        "tiny frames": (np.zeros((1, 5, 4, 4, 3), np.uint8), ["drawer open"], [0.0]),
+    }[case]
+    with pytest.raises(InferenceServerException) as info:
+        _infer(triton_server.grpc_url, *args)
+    assert expected in info.value.message()
+    assert triton_server.ready()
+    result = _infer(triton_server.grpc_url, ok, ["drawer open"], [0.0])  # still serving
+    assert result.as_numpy(contract.VALUES).shape == (1, 4)
+
+
+def test_one_bad_request_in_a_batch_does_not_fail_the_others(triton_server):
+    good = np.zeros((1, 5, 32, 32, 3), np.uint8)
+    outcomes = {}
+
+    def send(name, task):
+        try:
+            outcomes[name] = _infer(triton_server.grpc_url, good, [task], [0.2]).as_numpy(contract.VALUES)
+        except InferenceServerException as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=send, args=(i, "" if i == 3 else "drawer open")) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(outcomes[3], InferenceServerException)
+    assert all(isinstance(outcomes[i], np.ndarray) for i in range(8) if i != 3)
+
+
+def test_unreachable_server_is_a_clear_error():
+    handler = TritonHandler(f"127.0.0.1:{free_port()}", ready_timeout_s=2)
+    with pytest.raises(ServerUnavailable, match=r"not ready after 2s"):
+        handler.load()
+    handler.close()
+
+
+def test_server_stopped_mid_run_client_retries_then_fails(shipped_checkpoint, tmp_path, windows):
+    from wvm.serving.server import TritonServer
+
+    _, frames, texts, prefix = windows
+    server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=tmp_path / "log")
+    server.start()
+    handler = TritonHandler(server.grpc_url, retries=3, backoff_s=0.2, timeout_s=5)
+    handler.load()
+    handler.run_batch(frames[:8], texts[:8], prefix[:8])
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=r"unavailable after 4 attempts"):
+        handler.run_batch(frames[:8], texts[:8], prefix[:8])
+    assert time.monotonic() - started >= 0.2 + 0.4 + 0.8  # backed off between attempts
+    handler.close()
