@@ -33,6 +33,7 @@ class ModelSpec:
     checkpoint: str | None = None  # local: checkpoint directory (default: the shipped one)
     triton_url: str = "127.0.0.1:8001"  # triton: host:gRPC port
     expected_version: str | None = None  # triton: refuse a server with another model
+    ready_timeout_s: float = 60.0  # triton: how long to wait for the server to be ready
     device: str = "cpu"
     threads: int = 0
 
@@ -40,7 +41,7 @@ class ModelSpec:
         if self.backend == "triton":
             from wvm.serving.client import TritonHandler
 
-            return TritonHandler(self.triton_url, expected_version=self.expected_version)
+            return TritonHandler(self.triton_url, expected_version=self.expected_version, ready_timeout_s=self.ready_timeout_s)
         if self.backend == "local":
             from wvm.handlers import LocalHandler
 
