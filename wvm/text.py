@@ -34,7 +34,9 @@ class TextEncoder:
             if missing:
                 if self._model is None:
                     self._model = self._load()
-                embeddings = self._model.encode(missing, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
-                for text, embedding in zip(missing, embeddings.float().cpu()):
-                    self._cache[text] = embedding
+                # One string at a time: a batch pads to its longest string, which changes the
+                # float rounding, and an embedding must not depend on what it was batched with.
+                for text in missing:
+                    embedding = self._model.encode([text], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+                    self._cache[text] = embedding[0].float().cpu()
             return torch.stack([self._cache[t] for t in texts]).to(self.device)
