@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -63,6 +64,7 @@ class TritonHandler(ValueModelHandler):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: grpcaio.InferenceServerClient | None = None
+        self.latencies: list[float] = []  # seconds per answered request, for benchmarks
 
     # -- lifecycle: a private event loop in a thread, so synchronous callers can use us ------
 
@@ -146,7 +148,9 @@ class TritonHandler(ValueModelHandler):
         for attempt in range(self.retries + 1):
             try:
                 async with self._semaphore:
+                    sent = time.perf_counter()
                     result = await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                    self.latencies.append(time.perf_counter() - sent)
                 break
             except InferenceServerException as exc:
                 if str(exc.status()) not in RETRYABLE:

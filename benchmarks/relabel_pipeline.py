@@ -1,0 +1,121 @@
+"""End-to-end relabel throughput against its parts, and peak memory as the dataset grows.
+
+    python benchmarks/relabel_pipeline.py [--scale 10] [--out benchmarks/results/relabel_pipeline.json]
+
+On one machine, in one run, on the same data (metaworld_mini's 18 episodes, written again as
+LeRobot v3 datasets of 1x and `scale`x the episodes):
+- decode-only: read each episode's frame table and decode the frames the model samples
+- model-only:  run every window through the model, frames already in memory
+- end-to-end:  `wvm relabel` (local engine, in-process model), outputs written
+The pipeline goal is end-to-end >= 0.8x the slower of the two parts (the stages overlap).
+Peak memory: `wvm relabel` in a child process on the 1x and the scale-x dataset (max RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import METAWORLD_MINI  # noqa: E402
+from pipelines.lerobot import LeRobotDataset, LeRobotV3Writer  # noqa: E402
+from wvm.handlers import LocalHandler  # noqa: E402
+from wvm.windows import EpisodeChain, label_episodes  # noqa: E402
+
+
+def replicate(scale: int, out: Path) -> Path:
+    """A LeRobot v3 dataset holding metaworld_mini's episodes `scale` times."""
+    source = LeRobotDataset(str(METAWORLD_MINI))
+    camera = source.cameras[0]
+    episodes = []
+    for e in source.episodes():
+        table = source.read_frames(e)
+        episodes.append((np.stack(list(source.decode(e, camera, table.timestamp))), table, e.task))
+    writer = LeRobotV3Writer(str(out), fps=int(source.fps), robot_type=source.robot_type, cameras={camera: source.camera_shape(camera)}, state_dim=4, action_dim=4)
+    for _ in range(scale):
+        for frames, table, task in episodes:
+            writer.add_episode({camera: frames}, table.state, table.action, task)
+    writer.close()
+    return out
+
+
+def decode_only(dataset: Path, geometry) -> tuple[float, int, dict]:
+    source = LeRobotDataset(str(dataset))
+    camera = source.cameras[0]
+    start, frames, sampled = time.perf_counter(), 0, {}
+    for e in source.episodes():
+        table = source.read_frames(e)
+        chain = EpisodeChain(str(e.index), e.length, source.fps, e.task, geometry)
+        sampled[e.index] = (chain, np.stack(list(source.decode(e, camera, table.timestamp[chain.samples]))))
+        frames += e.length
+    return time.perf_counter() - start, frames, sampled
+
+
+def model_only(handler, sampled: dict) -> float:
+    chains = [EpisodeChain(c.key, c.length, c.fps, c.text, c.geometry) for c, _ in sampled.values()]
+    images = {str(k): f for k, (_, f) in sampled.items()}
+    start = time.perf_counter()
+    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.run_batch, 64)
+    return time.perf_counter() - start
+
+
+def relabel_child(dataset: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "wvm.cli", "relabel", str(dataset), "--out", str(out), "--engine", "local"]
+    return json.loads(subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "relabel_pipeline.json"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="wvm-bench-"))
+    one, many = replicate(1, work / "x1"), replicate(args.scale, work / f"x{args.scale}")
+
+    handler = LocalHandler()
+    handler.load()
+    # Parts and whole on the larger dataset, side by side in this run.
+    decode_s, frames, sampled = decode_only(many, handler.geometry)
+    model_s = model_only(handler, sampled)
+    del sampled
+    summary = relabel_child(many, work / "labels-throughput")
+    e2e_fps = summary["frames_labelled"] / summary["seconds"]
+    labelling_fps = summary["frames_per_second"]
+    results = {
+        "frames": frames,
+        "decode_only_frames_per_s": frames / decode_s,
+        "model_only_frames_per_s": frames / model_s,
+        "end_to_end_frames_per_s": e2e_fps,
+        "end_to_end_labelling_frames_per_s": labelling_fps,
+        "end_to_end_vs_slower_part": e2e_fps / min(frames / decode_s, frames / model_s),
+        "labelling_vs_slower_part": labelling_fps / min(frames / decode_s, frames / model_s),
+    }
+    # Peak memory of separate runs on 1x and scale-x the episodes: each in a fresh wrapper
+    # process, whose RUSAGE_CHILDREN max RSS is exactly that one relabel run.
+    peaks = {}
+    for name, dataset in (("x1", one), (f"x{args.scale}", many)):
+        probe = subprocess.run(
+            [sys.executable, "-c", "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+             sys.executable, "-m", "wvm.cli", "relabel", str(dataset), "--out", str(work / f"labels-mem-{name}"), "--engine", "local"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        peaks[name] = int(probe.stdout.strip()) // 1024
+    results["peak_rss_mb"] = peaks
+    results["peak_ratio"] = peaks[f"x{args.scale}"] / peaks["x1"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
