@@ -143,7 +143,7 @@ def _train(args: argparse.Namespace) -> dict:
     from wvm.train import TrainConfig, train
 
     config = TrainConfig.from_file(args.config)
-    for key in ("seed", "device", "precision", "steps", "ae_steps", "threads"):
+    for key in ("seed", "device", "precision", "steps", "ae_steps", "threads", "init_autoencoder"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     final = train(config, args.out)
@@ -166,6 +166,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="value-model steps (overrides the config)")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (overrides the config)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--init-autoencoder", default=None, help="take the frozen encoder from this checkpoint, skip its training")
     p.set_defaults(run=_train)
 
 

@@ -4,6 +4,7 @@ sampling grid shared with inference, clip sampling with video rewinding, and aug
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,13 +18,25 @@ from wvm.metrics import ground_truth
 log = logging.getLogger(__name__)
 
 
-def sampling_stride(length: int, fps: float, samples_per_episode: int, max_interval_s: float) -> int:
-    """Source frames between two model samples: the episode spans about `samples_per_episode`
-    samples whatever its fps or speed, but samples are never further apart than max_interval_s.
-    Training and inference both use this, so the model always sees the same kind of motion."""
-    stride = round((length - 1) / max(samples_per_episode - 1, 1))
-    cap = max(1, int(round(fps * max_interval_s)))
-    return int(min(max(stride, 1), cap))
+def sampling_stride(length: int, fps: float, samples_per_episode: int, max_interval_s: float) -> float:
+    """Source frames between two model samples (fractional): an episode spans exactly
+    `samples_per_episode` samples whatever its length, fps or speed (more when samples would be
+    further apart than max_interval_s, never more than one per frame). Progress per sample is
+    then about the same for every expert episode, which is what lets the model generalise
+    across robots and frame rates. Training and inference both use this."""
+    if length <= 1:
+        return 1.0
+    samples = max(samples_per_episode, math.ceil((length - 1) / max(fps * max_interval_s, 1e-9)) + 1)
+    return max((length - 1) / (min(samples, length) - 1), 1.0)
+
+
+def sample_positions(length: int, fps: float, samples_per_episode: int, max_interval_s: float) -> np.ndarray:
+    """Frame indices of the samples: evenly spaced, first and last frame included."""
+    if length <= 1:
+        return np.zeros(1, dtype=np.int64)
+    stride = sampling_stride(length, fps, samples_per_episode, max_interval_s)
+    count = int(round((length - 1) / stride)) + 1
+    return np.unique(np.round(np.linspace(0, length - 1, count)).astype(np.int64))
 
 
 @dataclass
@@ -70,7 +83,7 @@ def ground_truth_by_episode(labels_url: str) -> dict[int, "pd.DataFrame"]:
 
 
 def clip_indices(
-    length: int, stride: int, horizon: int, rng: np.random.Generator, rewind_p: float = 0.5, plateau_p: float = 0.1
+    length: int, stride: float, horizon: int, rng: np.random.Generator, rewind_p: float = 0.5, plateau_p: float = 0.1
 ) -> np.ndarray:
     """Frame indices of one clip (prefix, h current, h future), with video rewinding.
 
@@ -80,15 +93,15 @@ def clip_indices(
     Indices past either end are clamped (padding with the first / last frame).
     """
     n = 1 + 2 * horizon
-    steps = np.arange(n)
+    steps = np.arange(n, dtype=np.float64)
     mode = rng.random()
     turn = int(rng.integers(1, n - 1))
     if mode < plateau_p:
         steps = np.minimum(steps, turn)
     elif mode < plateau_p + rewind_p:
         steps = np.where(steps <= turn, steps, 2 * turn - steps)
-    start = int(rng.integers(-stride, max(length - stride, 1)))
-    return np.clip(start + stride * steps, 0, length - 1)
+    start = rng.uniform(-stride, max(length - 1 - stride, 0))
+    return np.clip(np.round(start + stride * steps), 0, length - 1).astype(np.int64)
 
 
 class ClipSampler:
@@ -106,7 +119,7 @@ class ClipSampler:
         frames, values = [], []
         for i in ids:
             episode = self.episodes[i]
-            stride = max(1, int(round(self.strides[i] * np.exp(rng.uniform(np.log(0.67), np.log(1.5))))))
+            stride = max(1.0, self.strides[i] * float(np.exp(rng.uniform(np.log(0.67), np.log(1.5)))))
             idx = clip_indices(len(episode.values), stride, self.horizon, rng)
             frames.append(self.offsets[i] + idx)
             values.append(episode.values[idx])

@@ -39,7 +39,7 @@ class WVMConfig:
     patch: int = 4  # latent patch per video token: 8x8 latents -> 2x2 = 4 tokens per frame
     # clip
     horizon: int = 4  # h: current frames = future frames = value chunk
-    samples_per_episode: int = 32  # sampling stride: an episode spans about this many samples
+    samples_per_episode: int = 20  # an episode is sampled evenly at this many frames (wvm.data)
     max_sample_interval_s: float = 1.0  # ...but never sample sparser than this
     # transformer
     video_width: int = 128

@@ -1,8 +1,8 @@
 """From windows to a value for every frame of an episode.
 
-An episode is sampled with the model's stride (`wvm.data.sampling_stride`: about
-`samples_per_episode` samples whatever the fps, never sparser than max_sample_interval_s); the
-last frame is always a sample. Window w holds sample w as prefix and samples w+1..w+h as the
+An episode is sampled evenly (`wvm.data.sample_positions`: `samples_per_episode` samples
+whatever its length or fps, more if they would be further apart than max_sample_interval_s);
+the first and last frames are always samples. Window w holds sample w as prefix and samples w+1..w+h as the
 current chunk (past the end the last frame repeats). Windows slide by one sample, so every
 sample is predicted by up to h overlapping windows and their predictions are averaged; the
 prefix value of window w is that average for sample w (0 for the first frame: an episode
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wvm.data import sampling_stride
+from wvm.data import sample_positions as _positions
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,7 @@ class WindowGeometry:
 
 
 def sample_positions(length: int, fps: float, geometry: WindowGeometry) -> np.ndarray:
-    stride = sampling_stride(length, fps, geometry.samples_per_episode, geometry.max_sample_interval_s)
-    positions = np.arange(0, length, stride)
-    if positions[-1] != length - 1:
-        positions = np.append(positions, length - 1)
-    return positions
+    return _positions(length, fps, geometry.samples_per_episode, geometry.max_sample_interval_s)
 
 
 @dataclass
