@@ -32,3 +32,14 @@ class EpisodeError(WvmError):
 
 def _rebuild(cls, reason, fields):
     return cls(reason, **fields)
+
+
+class PartitionFailed(WvmError):
+    """A unit of work kept crashing (not a data error) after the engine's retries."""
+
+    def __init__(self, reason: str, *, key: str):
+        self.reason, self.key = reason, key
+        super().__init__(f"partition {key} failed after retries: {reason}")
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.reason, {"key": self.key}))

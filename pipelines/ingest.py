@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from pipelines.engines.base import Engine
-from pipelines.errors import EpisodeError
+from pipelines.errors import EpisodeError, PartitionFailed
 from pipelines.lerobot import LeRobotDataset
-from pipelines.stages.ingest import DecodeOptions, IngestPartition, PartitionTask, failure_row
+from pipelines.stages.ingest import DecodeOptions, IngestPartition, PartitionTask, failure_record, failure_row
 from pipelines.store import EpisodeStore
 from schemas import episode_store as layout
 
@@ -87,7 +87,8 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
     return IngestPlan(source.uri, tasks, len(episodes), already)
 
 
-def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True) -> IngestSummary:
+def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, on_progress=None) -> IngestSummary:
+    """Ingest what the store lacks. `on_progress(done, total)` is called as partitions finish."""
     started = time.monotonic()
     run_id = new_run_id()
     plan = plan_ingest(config)
@@ -103,14 +104,26 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True) -
     failures: list[dict] = []
     total = sum(len(t.episodes) for t in plan.tasks)
     by_id = {t.partition_id: t for t in plan.tasks}
+    skip = config.on_error == "skip"
     with tqdm(total=total, desc=f"ingest ({engine.name})", unit="ep", disable=not progress) as bar:
         try:
-            for result in engine.map(stage, plan.tasks):
-                episodes += result.episodes
-                frames += result.frames
-                failures.extend(result.failures)
-                bar.update(len(by_id[result.partition_id].episodes))
+            for result in engine.map(stage, plan.tasks, skip_failed=skip):
+                if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
+                    failures += [
+                        failure_record(e.source_uri, e.index, file=e.data_path, stage="ingest", error="PartitionFailed",
+                                       reason=result.reason, run_id=run_id)
+                        for e in by_id[result.key].episodes
+                    ]  # fmt: skip
+                    task = by_id[result.key]
+                else:
+                    episodes += result.episodes
+                    frames += result.frames
+                    failures.extend(result.failures)
+                    task = by_id[result.partition_id]
+                bar.update(len(task.episodes))
                 bar.set_postfix(frames=frames, failed=len(failures))
+                if on_progress:
+                    on_progress(bar.n, total)
         except EpisodeError as error:
             # on_error=fail: the failing partition is not committed, the others stay committed.
             failures.append(failure_row(plan.source_uri, error, run_id))

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from pipelines.engines.base import Engine
-from pipelines.errors import EpisodeError
+from pipelines.errors import EpisodeError, PartitionFailed
 from pipelines.ingest import new_run_id
 from pipelines.labels_store import LabelsStore
 from pipelines.lerobot import LeRobotDataset, is_lerobot_dataset
-from pipelines.stages.ingest import failure_row
+from pipelines.stages.ingest import failure_record, failure_row
 from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask, ModelSpec
 from pipelines.store import EpisodeStore, utcnow
 from schemas import labels as spec
@@ -169,7 +169,8 @@ def _camera(config: RelabelConfig, cameras, source: str) -> str:
     return config.camera
 
 
-def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True) -> RelabelSummary:
+def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True, on_progress=None) -> RelabelSummary:
+    """Label what this model version lacks. `on_progress(done, total)` is called as partitions finish."""
     from wvm import code_version
 
     started = time.monotonic()
@@ -209,15 +210,26 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True)
     total = sum(len(t.episodes) for t in plan.tasks)
     sizes = {t.partition_id: len(t.episodes) for t in plan.tasks}
     labelling_started = time.monotonic()
+    by_id = {t.partition_id: t for t in plan.tasks}
     with tqdm(total=total, desc=f"relabel ({engine.name}, {config.model.backend})", unit="ep", disable=not progress) as bar:
         try:
-            for result in engine.map(stage, plan.tasks):
-                episodes += result.episodes
-                frames += result.frames
-                windows += result.windows
-                failures.extend(result.failures)
-                bar.update(sizes[result.partition_id])
+            for result in engine.map(stage, plan.tasks, skip_failed=config.on_error == "skip"):
+                if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
+                    failures += [
+                        failure_record(e.source_uri, e.episode_index, file=f"partition {result.key}", stage="relabel",
+                                       error="PartitionFailed", reason=result.reason, run_id=run_id)
+                        for e in by_id[result.key].episodes
+                    ]  # fmt: skip
+                    bar.update(sizes[result.key])
+                else:
+                    episodes += result.episodes
+                    frames += result.frames
+                    windows += result.windows
+                    failures.extend(result.failures)
+                    bar.update(sizes[result.partition_id])
                 bar.set_postfix(frames=frames, failed=len(failures))
+                if on_progress:
+                    on_progress(bar.n, total)
         except EpisodeError as error:
             failures.append(failure_row(plan.source_uri, error, run_id))
             labels.update_failures(failures, set())

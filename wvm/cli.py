@@ -314,6 +314,81 @@ def _add_relabel(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_relabel)
 
 
+def _prefect_defaults() -> None:
+    """Quiet, offline-friendly Prefect settings unless the user chose otherwise."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _nightly(args: argparse.Namespace) -> dict:
+    import contextlib
+
+    _prefect_defaults()
+    if args.scheduler:
+        os.environ["WVM_DASK_ADDRESS"] = args.scheduler
+    os.environ["WVM_DASK_WORKERS"] = str(args.workers)
+    from flows.nightly import nightly_flow
+    from flows.runtime import local_prefect_server
+
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("PREFECT_API_URL"):
+            print("starting a temporary local Prefect server ...", file=sys.stderr)
+            stack.enter_context(local_prefect_server())
+        backend, triton_url = args.backend, args.triton_url
+        if args.serve:
+            from wvm.serving.server import DEFAULT_REPOSITORY, TritonServer, free_port, write_repository
+
+            repository = write_repository(args.checkpoint) if args.checkpoint else DEFAULT_REPOSITORY
+            server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+            print(f"starting tritonserver ({repository}) ...", file=sys.stderr)
+            stack.enter_context(server)
+            backend, triton_url = "triton", server.grpc_url
+            print(f"Triton ready: {json.dumps(server.endpoints)}", file=sys.stderr)
+        return nightly_flow(
+            sources=args.src,
+            out=args.out,
+            backend=backend,
+            triton_url=triton_url,
+            checkpoint=args.checkpoint,
+            on_error=args.on_error,
+            partition_frames=args.partition_frames,
+        )
+
+
+def _add_nightly(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nightly",
+        help="run the nightly flow once: ingest and label what is new, QC report, publish",
+        description="Run the Prefect nightly flow once over SRC datasets into OUT: ingest new or changed episodes, "
+        "label what the model has not labelled, build the QC report and publish OUT/latest.json. Uses PREFECT_API_URL "
+        "when set, else a temporary local Prefect server.",
+    )
+    p.add_argument("src", nargs="+", help="LeRobot datasets (paths or URLs)")
+    p.add_argument("--out", required=True, help="output root: stores/, labels/, reports/, latest.json")
+    _add_model_args(p)
+    p.add_argument("--serve", action="store_true", help="start a local Triton server with the model for this run (implies --backend triton)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="skip")
+    p.add_argument("--partition-frames", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    p.set_defaults(run=_nightly)
+
+
+def _report(args: argparse.Namespace) -> dict:
+    from pipelines.report import LabelsSource, build_report
+
+    sources = [LabelsSource(Path(d.rstrip("/")).name, d) for d in args.labels]
+    return build_report(sources, args.out)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="build the QC report (HTML + plots) of labels directories")
+    p.add_argument("labels", nargs="+", help="labels directories written by wvm relabel")
+    p.add_argument("--out", required=True, help="report directory")
+    p.set_defaults(run=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wvm",
@@ -323,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_ingest(sub)
     _add_relabel(sub)
+    _add_nightly(sub)
+    _add_report(sub)
     _add_train(sub)
     _add_eval(sub)
     _add_serve(sub)

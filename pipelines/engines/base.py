@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.errors import WvmError
+from pipelines.errors import PartitionFailed, WvmError
 from pipelines.stages.base import Stage
 
 _LIVE_STAGES: OrderedDict[Stage, Stage] = OrderedDict()
@@ -50,14 +50,19 @@ class Engine(ABC):
     def outcomes(self, stage: Stage, items: Sequence[Any]) -> Iterator[Outcome]:
         """Run `stage` on every item; yield each item's Outcome as it completes (any order)."""
 
-    def map(self, stage: Stage, items: Sequence[Any]) -> Iterator[Any]:
-        """Like `outcomes`, but raise the first item's error (after stopping the rest)."""
+    def map(self, stage: Stage, items: Sequence[Any], skip_failed: bool = False) -> Iterator[Any]:
+        """Like `outcomes`, yielding values. The first error is raised (after stopping the
+        rest), except that with `skip_failed` an item that kept crashing is yielded as its
+        PartitionFailed error and the others go on (data errors are the stage's business)."""
         outcomes = self.outcomes(stage, items)
         for outcome in outcomes:
-            if outcome.error is not None:
+            if outcome.error is None:
+                yield outcome.value
+            elif skip_failed and isinstance(outcome.error, PartitionFailed):
+                yield outcome.error
+            else:
                 outcomes.close()
                 raise outcome.error
-            yield outcome.value
 
     def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ from typing import Any
 from distributed import Client, LocalCluster, as_completed
 
 from pipelines.engines.base import Engine, Outcome, run_item
+from pipelines.errors import PartitionFailed
 from pipelines.stages.base import Stage
 
 
@@ -39,9 +40,13 @@ class DaskEngine(Engine):
         run = uuid.uuid4().hex[:8]
         keys = [f"{stage.name}-{stage.item_key(item)}-{run}" for item in items]
         futures = self.client.map(run_item, [stage] * len(items), items, key=keys, retries=self.retries)
+        key_of = {k: stage.item_key(item) for k, item in zip(keys, items)}
         try:
             for future in as_completed(futures):
-                yield future.result()
+                if future.status == "error":  # crashed on every retry
+                    yield Outcome(key_of[future.key], error=PartitionFailed(repr(future.exception()), key=key_of[future.key]))
+                else:
+                    yield future.result()
         finally:
             self.client.cancel(futures)
 

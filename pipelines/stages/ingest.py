@@ -44,18 +44,25 @@ class PartitionResult:
     failures: list[dict] = field(default_factory=list)
 
 
-def failure_row(source_uri: str, error: EpisodeError, run_id: str) -> dict:
+def failure_record(source_uri: str, episode_index: int, *, file: str, stage: str, error: str, reason: str, run_id: str) -> dict:
+    """One row of a dead-letter table (schemas.episode_store.FAILURES)."""
     return {
-        "episode_id": layout.episode_id(source_uri, error.episode),
+        "episode_id": layout.episode_id(source_uri, episode_index),
         "source_uri": source_uri,
-        "source_episode_index": error.episode,
-        "file": error.file,
-        "stage": error.stage,
-        "error": type(error).__name__,
-        "reason": error.reason,
+        "source_episode_index": episode_index,
+        "file": file,
+        "stage": stage,
+        "error": error,
+        "reason": reason,
         "run_id": run_id,
         "failed_at": utcnow(),
     }
+
+
+def failure_row(source_uri: str, error: EpisodeError, run_id: str) -> dict:
+    return failure_record(
+        source_uri, error.episode, file=error.file, stage=error.stage, error=type(error).__name__, reason=error.reason, run_id=run_id
+    )
 
 
 @dataclass(unsafe_hash=True)

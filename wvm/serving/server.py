@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -37,6 +38,12 @@ _PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 class ServerError(WvmError):
     pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,84 @@
+"""What every flow needs from Prefect: the Dask task runner, progress artifacts, and the
+concurrency guard that keeps two runs from writing the same output."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+
+from prefect import get_client
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect_dask import DaskTaskRunner
+
+
+def dask_task_runner() -> DaskTaskRunner:
+    """A local Dask cluster by default; WVM_DASK_ADDRESS points at an existing scheduler."""
+    address = os.environ.get("WVM_DASK_ADDRESS")
+    if address:
+        return DaskTaskRunner(address=address)
+    workers = int(os.environ.get("WVM_DASK_WORKERS", "2"))
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+
+
+class Progress:
+    """A progress artifact in the Prefect UI, updated as partitions finish."""
+
+    def __init__(self, description: str):
+        self.id = create_progress_artifact(progress=0.0, description=description)
+
+    def __call__(self, done: int, total: int) -> None:
+        update_progress_artifact(self.id, progress=100.0 * done / max(total, 1))
+
+
+def limit_name(output: str) -> str:
+    return "wvm-output-" + hashlib.sha1(output.rstrip("/").encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def exclusive(output: str, timeout_s: float = 6 * 3600):
+    """Hold the output's global concurrency slot (limit 1) for the duration: a second run on
+    the same output waits. Strict: without the limit we refuse to run rather than race."""
+    name = limit_name(output)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout_s):
+        yield
+
+
+def summary_artifact(key: str, title: str, summary: dict) -> None:
+    import json
+
+    from prefect.artifacts import create_markdown_artifact
+
+    body = json.dumps(summary, indent=2, default=str)
+    create_markdown_artifact(key=key, markdown=f"### {title}\n\n```json\n{body}\n```", description=title)
+
+
+@contextlib.contextmanager
+def local_prefect_server(timeout_s: int = 120):
+    """One temporary Prefect server for this process and its Dask workers (left alone,
+    every worker process would start an ephemeral server of its own on the same database).
+    Logs and events are flushed before it stops, or the exit hangs on retries."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=timeout_s)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            with contextlib.suppress(RuntimeError):
+                APILogWorker.instance().drain()
+            EventsWorker.drain_all()
+    finally:
+        server.stop()

@@ -1,0 +1,193 @@
+"""The QC report of a labelling run: an HTML page with PNG plots, for people who would rather
+look than read. Built from the published outputs only (labels directories and dead-letter
+tables), so it can be rebuilt at any time with `wvm report`.
+
+Contents: histogram of episode quality, progress curves of the best and worst episodes,
+counts per embodiment and task, the failures table, and, when a labels directory holds an
+earlier model version, the change of every episode's quality against it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import fs as fsx
+from pipelines.labels_store import LabelsStore
+from pipelines.store import EpisodeStore, StoreError, utcnow
+from schemas import labels as spec
+
+CURVES = 4  # best and worst episodes plotted
+
+
+@dataclass
+class LabelsSource:
+    name: str
+    labels: str  # labels directory
+    store: str | None = None  # episode store (for its ingest failures)
+
+
+def _version_tables(store: LabelsStore, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    version = store.version(key)
+    path = version.path(spec.EPISODES_FILE)
+    episodes = fsx.read_parquet(store.fs, path).to_pandas() if store.fs.exists(path) else pd.DataFrame()
+    return episodes, version.failures().to_pandas()
+
+
+def _curves(store: LabelsStore, key: str, episode_ids: list[str]) -> dict[str, np.ndarray]:
+    curves = {}
+    for table in store.version(key).frames():
+        table = table.filter(pc.is_in(table.column("episode_id"), value_set=pa.array(episode_ids, pa.string())))
+        for episode_id, group in table.to_pandas().groupby("episode_id"):
+            curves[episode_id] = group.sort_values("frame_index")["progress"].to_numpy()
+    return curves
+
+
+def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm QC report") -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    all_episodes, failures, changes, curves = [], [], [], {}
+    versions_used = {}
+    for source in sources:
+        store = LabelsStore(source.labels)
+        latest = store.latest()
+        versions = store.versions()
+        if not versions:
+            continue
+        key = latest["model_key"] if latest and latest.get("model_key") in versions else versions[-1]
+        versions_used[source.name] = key
+        episodes, label_failures = _version_tables(store, key)
+        if len(episodes):
+            episodes["source"] = source.name
+            all_episodes.append(episodes)
+            ranked = episodes.sort_values("quality")
+            chosen = list(ranked["episode_id"][: CURVES // 2]) + list(ranked["episode_id"][-(CURVES // 2) :])
+            for episode_id, values in _curves(store, key, chosen).items():
+                row = episodes[episodes.episode_id == episode_id].iloc[0]
+                curves[(source.name, episode_id)] = (values, float(row["quality"]), str(row["task"]))
+        if len(label_failures):
+            failures.append(label_failures.assign(source=source.name, phase="relabel"))
+        if source.store:
+            try:
+                ingest_failures = EpisodeStore(source.store).failures().to_pandas()
+            except StoreError:
+                ingest_failures = pd.DataFrame()
+            if len(ingest_failures):
+                failures.append(ingest_failures.assign(source=source.name, phase="ingest"))
+        previous = [v for v in versions if v != key]
+        if previous and len(episodes):
+            # the most recently created other version is "the previous model"
+            created = {v: store.version(v).model_info().get("created_at", "") for v in previous}
+            before_key = max(previous, key=lambda v: created[v])
+            before, _ = _version_tables(store, before_key)
+            if len(before):
+                merged = episodes.merge(before[["episode_id", "quality", "final_progress"]], on="episode_id", suffixes=("", "_before"))
+                merged["source"], merged["previous_version"] = source.name, before_key
+                changes.append(merged)
+    episodes = pd.concat(all_episodes, ignore_index=True) if all_episodes else pd.DataFrame()
+    failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()
+    changes = pd.concat(changes, ignore_index=True) if changes else pd.DataFrame()
+
+    images = []
+    if len(episodes):
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for name, group in episodes.groupby("source"):
+            ax.hist(group["quality"], bins=np.linspace(0, 1, 21), alpha=0.6, label=name)
+        ax.set_xlabel("episode quality")
+        ax.set_ylabel("episodes")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "quality_histogram.png", dpi=110)
+        plt.close(fig)
+        images.append(("Episode quality", "plots/quality_histogram.png"))
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for (name, episode_id), (values, quality, task) in sorted(curves.items(), key=lambda kv: -kv[1][1]):
+            t = np.linspace(0, 1, len(values))
+            ax.plot(t, values, lw=1.4, label=f"q={quality:.2f} {task[:24]} ({name})")
+        ax.set_xlabel("episode time (normalised)")
+        ax.set_ylabel("progress")
+        ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "best_and_worst.png", dpi=110)
+        plt.close(fig)
+        images.append(("Progress of the best and worst episodes", "plots/best_and_worst.png"))
+    if len(changes):
+        fig, ax = plt.subplots(figsize=(3.6, 3.4))
+        ax.scatter(changes["quality_before"], changes["quality"], s=8, alpha=0.6)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set_xlabel("quality, previous model")
+        ax.set_ylabel("quality, this model")
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "model_change.png", dpi=110)
+        plt.close(fig)
+        images.append(("Change against the previous model version", "plots/model_change.png"))
+
+    counts = (
+        episodes.groupby(["embodiment", "task"]).agg(episodes=("episode_id", "count"), frames=("length", "sum"),
+                                                      mean_quality=("quality", "mean")).reset_index()
+        if len(episodes) else pd.DataFrame()
+    )  # fmt: skip
+    summary = {
+        "generated_at": utcnow().isoformat(),
+        "versions": versions_used,
+        "episodes": int(len(episodes)),
+        "frames": int(episodes["length"].sum()) if len(episodes) else 0,
+        "mean_quality": float(episodes["quality"].mean()) if len(episodes) else None,
+        "failures": int(len(failures)),
+        "change": {
+            "episodes_compared": int(len(changes)),
+            "mean_quality_delta": float((changes["quality"] - changes["quality_before"]).mean()) if len(changes) else None,
+        },
+    }
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.html").write_text(_html(title, summary, images, counts, failures, changes))
+    return {**summary, "html": str(out / "report.html")}
+
+
+def _table(frame: pd.DataFrame, columns: list[str], limit: int = 200) -> str:
+    if not len(frame):
+        return "<p>none</p>"
+    frame = frame[[c for c in columns if c in frame.columns]].head(limit)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(f'{v:.3f}' if isinstance(v, float) else str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _html(title, summary, images, counts, failures, changes) -> str:
+    style = "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;font-size:0.85em}" \
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}img{max-width:100%}"  # fmt: skip
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p>{summary['episodes']} episodes, {summary['frames']} frames, mean quality "
+             f"{summary['mean_quality'] if summary['mean_quality'] is None else round(summary['mean_quality'], 3)}, "
+             f"{summary['failures']} failures. Models: {html.escape(json.dumps(summary['versions']))}. "
+             f"Generated {summary['generated_at']}.</p>"]  # fmt: skip
+    for caption, path in images:
+        parts.append(f"<h2>{html.escape(caption)}</h2><img src='{path}'>")
+    parts.append("<h2>Episodes per embodiment and task</h2>" + _table(counts, ["embodiment", "task", "episodes", "frames", "mean_quality"]))
+    parts.append("<h2>Failures</h2>" + _table(failures, ["source", "phase", "source_episode_index", "file", "error", "reason", "failed_at"]))
+    if len(changes):
+        changes = changes.assign(delta=changes["quality"] - changes["quality_before"]).sort_values("delta")
+        parts.append(
+            "<h2>Largest quality changes against the previous model</h2>"
+            + _table(changes, ["source", "episode_index", "task", "quality_before", "quality", "delta", "previous_version"], 20)
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
