@@ -140,7 +140,7 @@ class VersionLabels:
         self.fs.invalidate_cache()
         if not self.fs.exists(base):
             return {}
-        paths = [p for p in self.fs.ls(base, detail=False) if p.endswith(".parquet")]
+        paths = [e["name"] for e in self.fs.ls(base, detail=True) if e["type"] == "file" and e["name"].endswith(".parquet")]
         return {p.rsplit("/", 1)[-1][len("part-") : -len(".parquet")]: p for p in paths}
 
     def committed(self) -> pa.Table:

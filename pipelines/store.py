@@ -92,9 +92,10 @@ class EpisodeStore:
 
     def manifest_files(self) -> list[str]:
         try:
-            return sorted(p for p in self.fs.ls(self._path(layout.MANIFEST_DIR), detail=False) if p.endswith(".parquet"))
+            listing = self.fs.ls(self._path(layout.MANIFEST_DIR), detail=True)
         except FileNotFoundError:
             return []
+        return sorted(e["name"] for e in listing if e["type"] == "file" and e["name"].endswith(".parquet"))
 
     def episodes(self) -> pa.Table:
         """Committed episodes, one row per episode id (the latest ingest wins), in source order."""
