@@ -2,7 +2,9 @@
 process. Both backends check requests with `check_window_batch`.
 
 Inputs
-  FRAMES        UINT8  [B, 1 + h, H, W, 3]  prefix frame + h current frames, RGB
+  FRAMES        UINT8  [B, K, H, W, 3]      K = 2 + h: the episode's first frame (anchor), the
+                                            prefix frame, h current frames; RGB. K = 1 + h for
+                                            models without an anchor (config parameter anchor_frame)
   TASK          BYTES  [B, 1]               task text, UTF-8
   PREFIX_VALUE  FP32   [B, 1]               value of the prefix frame, in [0, 1]
 Outputs
@@ -42,16 +44,16 @@ class ContractError(ValueError):
     """A batch of windows that violates the contract."""
 
 
-def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, horizon: int, max_batch: int | None = MAX_BATCH) -> None:
+def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, window_frames: int, max_batch: int | None = MAX_BATCH) -> None:
     """Raise ContractError naming the first violation. Callers that split batches themselves
     (the handlers) pass max_batch=None; the server checks every request against MAX_BATCH."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
         raise ContractError(f"{FRAMES} must be uint8, got {getattr(frames, 'dtype', type(frames))}")
     if frames.ndim != 5:
-        raise ContractError(f"{FRAMES} must have rank 5 [B, {1 + horizon}, H, W, 3], got shape {list(frames.shape)}")
+        raise ContractError(f"{FRAMES} must have rank 5 [B, {window_frames}, H, W, 3], got shape {list(frames.shape)}")
     b, k, h, w, c = frames.shape
-    if k != 1 + horizon or c != 3:
-        raise ContractError(f"{FRAMES} must be [B, {1 + horizon}, H, W, 3], got {list(frames.shape)}")
+    if k != window_frames or c != 3:
+        raise ContractError(f"{FRAMES} must be [B, {window_frames}, H, W, 3], got {list(frames.shape)}")
     if b < 1 or (max_batch is not None and b > max_batch):
         raise ContractError(f"batch of {b} windows; allowed 1..{max_batch}")
     if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):

@@ -108,19 +108,24 @@ class ClipSampler:
     """Draws training clips: random episode, stride jittered around the inference stride
     (so other speeds and frame rates look familiar), random position and rewinding."""
 
-    def __init__(self, episodes: list[TrainingEpisode], horizon: int, samples_per_episode: int, max_interval_s: float):
-        self.episodes, self.horizon = episodes, horizon
+    def __init__(
+        self, episodes: list[TrainingEpisode], horizon: int, samples_per_episode: int, max_interval_s: float, anchor_frame: bool
+    ):
+        self.episodes, self.horizon, self.anchor_frame = episodes, horizon, anchor_frame
         self.strides = [sampling_stride(len(e.values), e.fps, samples_per_episode, max_interval_s) for e in episodes]
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(episode ids (B,), global frame indices (B, clip), values (B, clip))."""
+        """(episode ids (B,), global frame indices (B, clip), values (B, clip)); with an anchor,
+        column 0 is the episode's first frame."""
         ids = rng.integers(0, len(self.episodes), batch_size)
         frames, values = [], []
         for i in ids:
             episode = self.episodes[i]
             stride = max(1.0, self.strides[i] * float(np.exp(rng.uniform(np.log(0.67), np.log(1.5)))))
             idx = clip_indices(len(episode.values), stride, self.horizon, rng)
+            if self.anchor_frame:
+                idx = np.concatenate([[0], idx])
             frames.append(self.offsets[i] + idx)
             values.append(episode.values[idx])
         return ids, np.stack(frames), np.stack(values).astype(np.float32)

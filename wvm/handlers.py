@@ -25,7 +25,7 @@ class ValueModelHandler(ABC):
 
     @abstractmethod
     def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        """frames uint8 (B, 1 + h, H, W, 3): prefix + current frames; texts: B task strings;
+        """frames uint8 (B, K, H, W, 3): [anchor,] prefix and current frames; texts: B task strings;
         prefix float32 (B,): prefix values. Returns float32 (B, h) chunk values in [0, 1]."""
 
     def close(self) -> None:
@@ -63,7 +63,7 @@ class LocalHandler(ValueModelHandler):
 
         from schemas.inference import check_window_batch
 
-        check_window_batch(frames, texts, prefix, self.geometry.horizon, max_batch=None)
+        check_window_batch(frames, texts, prefix, self.geometry.window_frames, max_batch=None)
         with torch.no_grad():
             values = self._loaded.model.predict(
                 torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),

@@ -1,6 +1,9 @@
 """The World Value Model, small, in one file (REFERENCE §1).
 
-A clip is 1 prefix frame + h current frames + h future frames, sampled along the episode.
+A clip is 1 prefix frame + h current frames + h future frames, sampled along the episode,
+plus (by default) an anchor: the episode's first frame, clean context that grounds the present
+in the past. Without it a small model cannot tell, on a task it has never seen, whether the
+arm is moving on or moving back; with it, "further from where we started" generalises.
 Frames pass through a frozen `FrameAutoencoder` into latents. Two transformer streams share
 joint self-attention in every layer (Mixture-of-Transformers: separate weights, one attention):
 
@@ -39,6 +42,7 @@ class WVMConfig:
     patch: int = 4  # latent patch per video token: 8x8 latents -> 2x2 = 4 tokens per frame
     # clip
     horizon: int = 4  # h: current frames = future frames = value chunk
+    anchor_frame: bool = True  # the episode's first frame as extra context
     samples_per_episode: int = 20  # an episode is sampled evenly at this many frames (wvm.data)
     max_sample_interval_s: float = 1.0  # ...but never sample sparser than this
     # transformer
@@ -74,13 +78,18 @@ class WVMConfig:
         return self.latent_channels * self.patch**2
 
     @property
+    def context_frames(self) -> int:
+        """Clean context before the current frames: [anchor,] prefix."""
+        return 2 if self.anchor_frame else 1
+
+    @property
     def clip_frames(self) -> int:
-        return 1 + 2 * self.horizon
+        return self.context_frames + 2 * self.horizon
 
     @property
     def window_frames(self) -> int:
-        """Frames a caller sends per window: prefix + current (the future is imagined)."""
-        return 1 + self.horizon
+        """Frames a caller sends per window: context + current (the future is imagined)."""
+        return self.context_frames + self.horizon
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -305,8 +314,8 @@ class WorldValueModel(nn.Module):
         y = self.value.embed(prefix, chunk, t)
         for layer in self.layers:
             x, y = layer(x, y)
-        h, n = self.config.horizon, self.config.tokens_per_frame
-        future = x[:, 1 + (1 + h) * n :]  # skip the text token, prefix and current frames
+        n = self.config.tokens_per_frame
+        future = x[:, 1 + self.config.window_frames * n :]  # skip the text token, context and current frames
         return self.video.head(future), self.value.head(y[:, 1:]).squeeze(-1)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
@@ -315,7 +324,8 @@ class WorldValueModel(nn.Module):
         device = batch.latents.device
         # Shared flow time; half the clips at t = 0, the inference condition.
         t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
-        context, future = batch.latents[:, : 1 + h], batch.latents[:, 1 + h :]
+        k = cfg.window_frames
+        context, future = batch.latents[:, :k], batch.latents[:, k:]
         video_eps = torch.randn_like(future)
         tb = t.view(b, 1, 1, 1, 1)
         noised = torch.cat([context, tb * future + (1 - tb) * video_eps], dim=1)
@@ -334,7 +344,7 @@ class WorldValueModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, text: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """One-step inference. frames: uint8 (B, 1 + h, H, W, 3) prefix + current frames;
+        """One-step inference. frames: uint8 (B, window_frames, H, W, 3): [anchor,] prefix and current frames;
         text: (B, text_dim); prefix: (B,) prefix values. Returns (B, h) values in [0, 1]."""
         b = frames.shape[0]
         context = self.encode_frames(frames)
@@ -369,16 +379,18 @@ class StaticValueModel(nn.Module):
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         # every current frame of the clip is one independent training example
         b, h = batch.values.shape
-        latents = batch.latents[:, 1 : 1 + h].reshape(b * h, 1, *batch.latents.shape[2:])
+        c = self.config.context_frames
+        latents = batch.latents[:, c : c + h].reshape(b * h, 1, *batch.latents.shape[2:])
         text = batch.text.repeat_interleave(h, dim=0)
         loss = F.mse_loss(self(latents, text), batch.values.reshape(-1))
         return loss, {"loss": loss.item(), "value": loss.item(), "video": 0.0}
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, text: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        b, k = frames.shape[:2]
-        latents = self.encode_frames(frames[:, 1:]).reshape(b * (k - 1), 1, -1, *([self.config.latent_size] * 2))
-        values = self(latents, text.repeat_interleave(k - 1, dim=0)).reshape(b, k - 1)
+        h = self.config.horizon
+        b = frames.shape[0]
+        latents = self.encode_frames(frames[:, -h:]).reshape(b * h, 1, -1, *([self.config.latent_size] * 2))
+        values = self(latents, text.repeat_interleave(h, dim=0)).reshape(b, h)
         return values.clamp(0.0, 1.0)
 
 

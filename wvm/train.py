@@ -220,7 +220,7 @@ class Trainer:
         latents = self._encode_views(model, views)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
-        sampler = ClipSampler(episodes, mc.horizon, mc.samples_per_episode, mc.max_sample_interval_s)
+        sampler = ClipSampler(episodes, mc.horizon, mc.samples_per_episode, mc.max_sample_interval_s, mc.anchor_frame)
         trainable = [p for n, p in model.named_parameters() if not n.startswith("autoencoder.")]
         for p in model.autoencoder.parameters():
             p.requires_grad_(False)
@@ -229,7 +229,7 @@ class Trainer:
             self._restore_optimizer(optimizer, tensors)
         model.train()
         model.autoencoder.eval()
-        h = mc.horizon
+        h, c = mc.horizon, mc.context_frames
         started = time.monotonic()
         bar = tqdm(range(start, cfg.steps), desc=f"train {mc.kind}", initial=start, total=cfg.steps, disable=not self.progress)
         for step in bar:
@@ -242,8 +242,8 @@ class Trainer:
             batch = Batch(
                 latents=clip_latents.to(self.device),
                 text=text.to(self.device),
-                prefix_value=values[:, 0].to(self.device),
-                values=values[:, 1 : 1 + h].to(self.device),
+                prefix_value=values[:, c - 1].to(self.device),
+                values=values[:, c : c + h].to(self.device),
             )
             for group in optimizer.param_groups:
                 group["lr"] = self._schedule(step, cfg.steps, cfg.lr)

@@ -27,10 +27,15 @@ class WindowGeometry:
     horizon: int
     samples_per_episode: int
     max_sample_interval_s: float
+    anchor_frame: bool = False  # windows start with the episode's first frame
+
+    @property
+    def window_frames(self) -> int:
+        return (2 if self.anchor_frame else 1) + self.horizon
 
     @classmethod
     def of(cls, config) -> WindowGeometry:
-        return cls(config.horizon, config.samples_per_episode, config.max_sample_interval_s)
+        return cls(config.horizon, config.samples_per_episode, config.max_sample_interval_s, config.anchor_frame)
 
 
 def sample_positions(length: int, fps: float, geometry: WindowGeometry) -> np.ndarray:
@@ -67,9 +72,11 @@ class EpisodeChain:
         return self.next_window >= self.windows
 
     def indices(self, w: int) -> np.ndarray:
-        """Frame indices of window w: [prefix, current...]; past the end the last frame repeats."""
+        """Frame indices of window w: [anchor (frame 0),] prefix, current...; past the end the
+        last frame repeats."""
         chunk = np.minimum(np.arange(w + 1, w + 1 + self.geometry.horizon), len(self.samples) - 1)
-        return self.samples[np.concatenate([[w], chunk])]
+        anchor = [0] if self.geometry.anchor_frame else []
+        return self.samples[np.concatenate([anchor, [w], chunk]).astype(np.int64)]
 
     def window(self) -> tuple[np.ndarray, float]:
         """(frame indices, prefix value) of the next window."""

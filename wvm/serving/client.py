@@ -103,11 +103,12 @@ class TritonHandler(ValueModelHandler):
             horizon=int(params["horizon"]),
             samples_per_episode=int(params["samples_per_episode"]),
             max_sample_interval_s=float(params["max_sample_interval_s"]),
+            anchor_frame=params.get("anchor_frame", "false").lower() == "true",
         )
         self.max_batch = int(config.get("maxBatchSize", config.get("max_batch_size")) or contract.MAX_BATCH)
         self.request_size = min(self.request_size, self.max_batch)
         # one tiny request tells the version before any real work
-        probe = np.zeros((1, 1 + self.geometry.horizon, contract.MIN_SIDE, contract.MIN_SIDE, 3), np.uint8)
+        probe = np.zeros((1, self.geometry.window_frames, contract.MIN_SIDE, contract.MIN_SIDE, 3), np.uint8)
         await self._infer(probe, ["version probe"], np.zeros(1, np.float32))
         log.info("Triton %s serves %s version %s", self.url, self.model, self.version)
 
@@ -124,7 +125,7 @@ class TritonHandler(ValueModelHandler):
     # -- requests ----------------------------------------------------------------------------
 
     def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        contract.check_window_batch(frames, texts, prefix, self.geometry.horizon, max_batch=None)
+        contract.check_window_batch(frames, texts, prefix, self.geometry.window_frames, max_batch=None)
         return self._run(self.run_batch_async(frames, texts, prefix))
 
     async def run_batch_async(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:

@@ -110,12 +110,13 @@ def write_repository(checkpoint: str, base: Path = DEFAULT_REPOSITORY) -> Path:
         "horizon": str(config.horizon),
         "samples_per_episode": str(config.samples_per_episode),
         "max_sample_interval_s": str(config.max_sample_interval_s),
+        "anchor_frame": str(config.anchor_frame).lower(),
     }
     for path in [target / "wvm" / "config.pbtxt", *(target / "wvm" / "configs").glob("*.pbtxt")]:
         text = path.read_text()
         for key, value in params.items():
             text = re.sub(rf'(key: "{key}" value: {{ string_value: )"[^"]*"', rf'\1"{value}"', text)
-        text = re.sub(r"dims: \[ \d+, -1, -1, 3 \]", f"dims: [ {1 + config.horizon}, -1, -1, 3 ]", text)
+        text = re.sub(r"dims: \[ \d+, -1, -1, 3 \]", f"dims: [ {config.window_frames}, -1, -1, 3 ]", text)
         text = re.sub(r'(name: "VALUES" data_type: TYPE_FP32 dims: \[ )\d+', rf"\g<1>{config.horizon}", text)
         path.write_text(text)
     return target

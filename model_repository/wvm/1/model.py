@@ -46,15 +46,16 @@ class TritonPythonModel:
             "horizon": int(params.get("horizon", model_config.horizon)),
             "samples_per_episode": int(params.get("samples_per_episode", model_config.samples_per_episode)),
             "max_sample_interval_s": float(params.get("max_sample_interval_s", model_config.max_sample_interval_s)),
+            "anchor_frame": params.get("anchor_frame", str(model_config.anchor_frame)).lower() == "true",
         }
         actual = {k: getattr(model_config, k) for k in declared}
         frames_dims = next(i["dims"] for i in config["input"] if i["name"] == contract.FRAMES)
-        if declared != actual or int(frames_dims[0]) != 1 + model_config.horizon:
+        if declared != actual or int(frames_dims[0]) != model_config.window_frames:
             raise ValueError(
                 f"config.pbtxt declares {declared} and FRAMES dims {frames_dims}, but checkpoint "
-                f"{self.loaded.path} has {actual} (window of {1 + model_config.horizon} frames)"
+                f"{self.loaded.path} has {actual} (window of {model_config.window_frames} frames)"
             )
-        self.horizon = model_config.horizon
+        self.window_frames = model_config.window_frames
         self.version = contract.format_model_version(self.loaded.version, self.loaded.checkpoint_hash).encode()
         self.text = TextEncoder(device)
         self.text([" "])  # load the sentence encoder now, not on the first request
@@ -68,7 +69,7 @@ class TritonPythonModel:
                 prefix = _input(request, contract.PREFIX_VALUE).reshape(-1).float()
                 tasks = pb_utils.get_input_tensor_by_name(request, contract.TASK).as_numpy().reshape(-1)
                 texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tasks]
-                contract.check_window_batch(frames.cpu().numpy(), texts, prefix.cpu().numpy(), self.horizon)
+                contract.check_window_batch(frames.cpu().numpy(), texts, prefix.cpu().numpy(), self.window_frames)
                 valid.append((i, frames, texts, prefix))
             except Exception as exc:  # noqa: BLE001 - every problem becomes this request's error
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
