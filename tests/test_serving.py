@@ -85,16 +85,17 @@ def _infer(url, frames, task, prefix, frames_dtype="UINT8"):
         ("tiny frames", "frame size 4x4 outside"),
     ],
 )
-def test_malformed_requests_get_errors_and_the_server_keeps_serving(triton_server, case, expected):
-    ok = np.zeros((1, 5, 32, 32, 3), np.uint8)
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(triton_server, windows, case, expected):
+    k = windows[1].shape[1]  # frames per window of the served model
+    ok = np.zeros((1, k, 32, 32, 3), np.uint8)
     args = {
         "wrong dtype": (ok.astype(np.float32), ["drawer open"], [0.0], "FP32"),
-        "wrong rank": (np.zeros((1, 5, 32, 32), np.uint8), ["drawer open"], [0.0]),
-        "too many frames": (np.zeros((1, 9, 32, 32, 3), np.uint8), ["drawer open"], [0.0]),
-        "oversized batch": (np.zeros((65, 5, 8, 8, 3), np.uint8), ["x"] * 65, [0.0] * 65),
+        "wrong rank": (np.zeros((1, k, 32, 32), np.uint8), ["drawer open"], [0.0]),
+        "too many frames": (np.zeros((1, k + 4, 32, 32, 3), np.uint8), ["drawer open"], [0.0]),
+        "oversized batch": (np.zeros((65, k, 8, 8, 3), np.uint8), ["x"] * 65, [0.0] * 65),
         "empty text": (ok, [""], [0.0]),
         "prefix out of range": (ok, ["drawer open"], [1.5]),
-        "tiny frames": (np.zeros((1, 5, 4, 4, 3), np.uint8), ["drawer open"], [0.0]),
+        "tiny frames": (np.zeros((1, k, 4, 4, 3), np.uint8), ["drawer open"], [0.0]),
     }[case]
     with pytest.raises(InferenceServerException) as info:
         _infer(triton_server.grpc_url, *args)
@@ -104,8 +105,8 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(triton_serve
     assert result.as_numpy(contract.VALUES).shape == (1, 4)
 
 
-def test_one_bad_request_in_a_batch_does_not_fail_the_others(triton_server):
-    good = np.zeros((1, 5, 32, 32, 3), np.uint8)
+def test_one_bad_request_in_a_batch_does_not_fail_the_others(triton_server, windows):
+    good = np.zeros((1, windows[1].shape[1], 32, 32, 3), np.uint8)
     outcomes = {}
 
     def send(name, task):
