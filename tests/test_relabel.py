@@ -48,14 +48,14 @@ def read_frames_table(version: Path):
 
 def assert_same_outputs(a: dict, b: dict) -> None:
     """Equal, except that float labels may differ in the last bits: the CPU math libraries
-    split work by the threads free at the moment, which changes float rounding (~1e-7)."""
+    split work by the threads free at the moment, which changes float rounding (~1e-7, amplified by exp in w_awr)."""
     assert a.keys() == b.keys()
     for table in a:
         assert a[table].keys() == b[table].keys()
         for column, values in a[table].items():
             other = b[table][column]
             if values and isinstance(np.asarray(values).flat[0], (float, np.floating)) or column in ("progress",):
-                np.testing.assert_allclose(np.asarray(values, dtype=float), np.asarray(other, dtype=float), atol=2e-6, err_msg=f"{table}.{column}")
+                np.testing.assert_allclose(np.asarray(values, dtype=float), np.asarray(other, dtype=float), rtol=1e-5, atol=2e-6, err_msg=f"{table}.{column}")
             else:
                 assert values == other, f"{table}.{column}"
 

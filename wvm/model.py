@@ -1,7 +1,7 @@
 """The World Value Model, small, in one file (REFERENCE §1).
 
 A clip is 1 prefix frame + h current frames + h future frames, sampled along the episode,
-plus (by default) an anchor: the episode's first frame, clean context that grounds the present
+plus (in the shipped model) an anchor: the episode's first frame, clean context that grounds the present
 in the past. Without it a small model cannot tell, on a task it has never seen, whether the
 arm is moving on or moving back; with it, "further from where we started" generalises.
 Frames pass through a frozen `FrameAutoencoder` into latents. Two transformer streams share
@@ -42,7 +42,7 @@ class WVMConfig:
     patch: int = 4  # latent patch per video token: 8x8 latents -> 2x2 = 4 tokens per frame
     # clip
     horizon: int = 4  # h: current frames = future frames = value chunk
-    anchor_frame: bool = True  # the episode's first frame as extra context
+    anchor_frame: bool = False  # the episode's first frame as extra context (the shipped model uses it)
     samples_per_episode: int = 20  # an episode is sampled evenly at this many frames (wvm.data)
     max_sample_interval_s: float = 1.0  # ...but never sample sparser than this
     # transformer
