@@ -148,3 +148,21 @@ def test_metrics_by_hand():
     falling = np.linspace(0.9, 0.1, 10)
     assert retry_voc(falling, gt, 4, 6) == pytest.approx(1.0)
     assert retry_voc(np.linspace(0, 1, 10), gt, 4, 6) == pytest.approx(-1.0)
+
+
+def test_another_backbone_is_named_by_the_config(tmp_path, monkeypatch):
+    # A second backbone, defined outside the package, chosen by config alone.
+    (tmp_path / "my_backbone.py").write_text(
+        "from wvm.model import SmallVideoBackbone\n"
+        "class Wider(SmallVideoBackbone):\n"
+        "    pass\n"
+        "def build(config):\n"
+        "    return Wider(config)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = small_model(backbone="my_backbone:build")
+    assert type(model.video).__name__ == "Wider"
+    frames = torch.randint(0, 256, (1, model.config.window_frames, 32, 32, 3), dtype=torch.uint8)
+    assert model.predict(frames, torch.randn(1, 384), torch.zeros(1)).shape == (1, 4)
+    with pytest.raises(ValueError, match="expected 'small' or 'package.module:factory'"):
+        small_model(backbone="wan2.2")

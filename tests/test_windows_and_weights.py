@@ -122,3 +122,12 @@ def test_episode_summary():
     assert summary["flat_fraction"] == pytest.approx(20 / 49, abs=0.03)
     assert summary["falling_fraction"] == pytest.approx(10 / 49, abs=0.03)
     assert summary["quality"] < 0.35
+
+
+def test_windows_with_an_anchor_start_with_the_first_frame():
+    anchored = WindowGeometry(horizon=4, samples_per_episode=20, max_sample_interval_s=1.0, anchor_frame=True)
+    chain = EpisodeChain("e", 60, 20, "t", anchored)
+    assert anchored.window_frames == 6
+    for w in range(chain.windows):
+        idx = chain.indices(w)
+        assert idx[0] == 0 and len(idx) == 6 and idx[1] == chain.samples[w]

@@ -61,7 +61,11 @@ class WVMConfig:
     latent_mean: float = 0.0
     latent_std: float = 1.0
     # provenance
+    # "small" (SmallVideoBackbone), or "package.module:factory" for another video backbone:
+    # factory(config) -> nn.Module with patchify / embed / head and the per-layer stream
+    # weights, e.g. a pretrained video DiT loaded from backbone_path on a GPU node.
     backbone: str = "small"
+    backbone_path: str = ""
     kind: str = "wvm"  # wvm | static (the per-frame baseline)
     version: str = "dev"
 
@@ -281,7 +285,7 @@ class WorldValueModel(nn.Module):
         super().__init__()
         self.config = config
         self.autoencoder = FrameAutoencoder(config)
-        self.video = SmallVideoBackbone(config)
+        self.video = make_video_backbone(config)
         self.value = ValueStream(config)
         self.layers = nn.ModuleList(JointLayer(config) for _ in range(config.depth))
         generator = torch.Generator().manual_seed(config.noise_seed)
@@ -364,7 +368,7 @@ class StaticValueModel(nn.Module):
         self.config = config
         w = config.video_width
         self.autoencoder = FrameAutoencoder(config)
-        self.video = SmallVideoBackbone(config)  # reused for patchify/embed (one frame)
+        self.video = make_video_backbone(config)  # reused for patchify/embed (one frame)
         layer = nn.TransformerEncoderLayer(w, config.heads, config.mlp_ratio * w, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
@@ -394,10 +398,16 @@ class StaticValueModel(nn.Module):
         return values.clamp(0.0, 1.0)
 
 
+def make_video_backbone(config: WVMConfig) -> nn.Module:
+    if config.backbone == "small":
+        return SmallVideoBackbone(config)
+    import importlib
+
+    module, _, factory = config.backbone.partition(":")
+    if not factory:
+        raise ValueError(f"backbone {config.backbone!r}: expected 'small' or 'package.module:factory'")
+    return getattr(importlib.import_module(module), factory)(config)
+
+
 def build_model(config: WVMConfig) -> nn.Module:
-    if config.backbone != "small":
-        raise ValueError(
-            f"backbone {config.backbone!r} is not built into this package; register it in wvm.model.build_model "
-            "(a large video DiT implements SmallVideoBackbone's embed / patchify / head around its own blocks)"
-        )
     return {"wvm": WorldValueModel, "static": StaticValueModel}[config.kind](config)
