@@ -8,7 +8,7 @@ partition's progress array, frames and sidecar parts, and last its commit record
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -119,10 +119,9 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
         self._frames = _Frames(self.source_url, self.source_kind)
         self._labels = LabelsStore(self.dst_url).version(self.model_key)
         info = self._labels.model_info()
-        spec_ = self.model
-        if spec_.backend == "triton" and not spec_.expected_version:
-            spec_ = ModelSpec(**{**spec_.__dict__, "expected_version": f"{info['model_version']}@{info['checkpoint_hash']}"})
-        self._handler = spec_.handler()
+        # Every answer must come from the model this run labels with (a server may be redeployed).
+        pinned = replace(self.model, expected_version=self.model.expected_version or f"{info['model_version']}@{info['checkpoint_hash']}")
+        self._handler = pinned.handler()
         self._handler.load()
         if (self._handler.version, self._handler.checkpoint_hash) != (info["model_version"], info["checkpoint_hash"]):
             raise WvmError(
