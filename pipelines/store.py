@@ -23,7 +23,7 @@ from zarr.codecs import BloscCodec
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
 from schemas import episode_store as layout
-from schemas.validate import SchemaError, conform
+from schemas.validate import conform
 
 
 # Frames are noisy uint8 images: light zstd halves them at about the speed of the disk;

@@ -139,3 +139,21 @@ def other_checkpoint(tmp_path_factory, shipped_checkpoint) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "other"
     save_model(path, loaded.model, loaded.config)
     return path
+
+
+def kill_midway_then_rerun(cmd: list[str], commits: Path, glob: str, at_least: int = 2) -> dict:
+    """Start a CLI run, kill -9 its whole process group once `at_least` commit files match
+    `commits/glob`, then rerun it to the end. Returns the rerun's JSON summary."""
+    import signal
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(commits.glob(glob))) < at_least:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and any workers it started, mid-run
+    proc.wait()
+    assert len(list(commits.glob(glob))) >= at_least
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    return json.loads(rerun.stdout)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import av
@@ -18,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import G1_V21, METAWORLD_MINI, ROOT, rewrite_episode_table
+from conftest import G1_V21, METAWORLD_MINI, kill_midway_then_rerun, rewrite_episode_table
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import DatasetError, EpisodeError
 from pipelines.ingest import IngestConfig, run_ingest
@@ -302,19 +298,7 @@ def test_kill_9_midway_then_resume_gives_the_same_store(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "wvm.cli", "ingest", str(G1_V21), "--out", str(out), "--engine", "dask",
            "--workers", "2", "--partition-frames", "300"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest = out / layout.MANIFEST_DIR
-    deadline = time.time() + 300
-    while time.time() < deadline and not (manifest.exists() and len(list(manifest.glob("*.parquet"))) >= 2):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Dask workers, mid-run
-    proc.wait()
-    committed = len(list(manifest.glob("*.parquet")))
-    assert 2 <= committed < 8, "the kill should land mid-run"
-    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    summary = json.loads(rerun.stdout)
+    summary = kill_midway_then_rerun(cmd, out / layout.MANIFEST_DIR, "*.parquet")
     assert summary["already_stored"] >= 2 and summary["already_stored"] + summary["episodes_written"] == 8
     assert store_content(str(out)) == store_content(str(reference))
     assert EpisodeStore(str(out)).episodes().num_rows == 8  # no duplicates

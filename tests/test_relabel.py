@@ -4,18 +4,14 @@ sidecar, weights recomputed by hand, engines, object storage, crashes, model ver
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import METAWORLD_MINI, ROOT, free_port
+from conftest import METAWORLD_MINI, free_port, kill_midway_then_rerun
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import WvmError
 from pipelines.ingest import IngestConfig, run_ingest
@@ -27,7 +23,6 @@ from schemas import labels as spec
 from schemas.validate import conform
 from wvm.checkpoint import CheckpointError
 from wvm.serving.client import ModelVersionMismatch, ServerUnavailable
-from wvm.weights import awr_weights, chunk_advantage
 
 N_FRAMES = 524  # metaworld_mini
 
@@ -198,18 +193,8 @@ def test_kill_9_midway_then_rerun_gives_the_same_outputs(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "wvm.cli", "relabel", str(METAWORLD_MINI), "--out", str(out), "--engine", "local",
            "--partition-frames", "60"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    committed = lambda: list(out.glob(f"{spec.VERSIONS_DIR}/*/{spec.EPISODE_PARTS_DIR}/*.parquet"))  # noqa: E731
-    while time.time() < deadline and len(committed()) < 2:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(committed()) < 9, "the kill should land mid-run"
-    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    assert json.loads(rerun.stdout)["already_labelled"] >= 2
+    summary = kill_midway_then_rerun(cmd, out, f"{spec.VERSIONS_DIR}/*/{spec.EPISODE_PARTS_DIR}/*.parquet")
+    assert summary["already_labelled"] >= 2 and summary["episodes_labelled"] > 0  # resumed mid-run
     assert_same_outputs(outputs(out), outputs(reference))
 
 

@@ -75,7 +75,7 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
     return episodes
 
 
-def ground_truth_by_episode(labels_url: str) -> dict[int, "pd.DataFrame"]:
+def ground_truth_by_episode(labels_url: str) -> dict:
     """A ground-truth labels table (schemas.ground_truth), split per episode, frames in order."""
     fs, path = fsx.filesystem(labels_url)
     table = conform(fsx.read_parquet(fs, path), GROUND_TRUTH, labels_url).to_pandas()
