@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
-from pipelines.store import open_zarr_group, utcnow
+from pipelines.store import open_zarr_group, read_failures, update_failures, utcnow
 from schemas import labels as spec
-from schemas.episode_store import FAILURES
 from schemas.validate import conform
 from wvm.weights import AdvantageHistogram, top_weights
 
@@ -156,18 +155,10 @@ class VersionLabels:
                 yield fsx.read_parquet(self.fs, path)
 
     def failures(self) -> pa.Table:
-        path = self.path("failures.parquet")
-        return conform(fsx.read_parquet(self.fs, path), FAILURES, path) if self.fs.exists(path) else FAILURES.empty_table()
+        return read_failures(self.fs, self.path("failures.parquet"))
 
     def update_failures(self, rows: list[dict], labelled: set[str]) -> None:
-        current = self.failures()
-        new = conform(pa.Table.from_pylist(rows, schema=FAILURES), FAILURES, "failures")
-        merged = pa.concat_tables([new, current])
-        _, first = np.unique(merged.column("episode_id").to_numpy(zero_copy_only=False), return_index=True)
-        merged = merged.take(pa.array(np.sort(first)))
-        merged = merged.filter(pc.invert(pc.is_in(merged.column("episode_id"), value_set=pa.array(sorted(labelled), pa.string()))))
-        if merged.num_rows or current.num_rows:
-            fsx.write_parquet_atomic(self.fs, self.path("failures.parquet"), merged)
+        update_failures(self.fs, self.path("failures.parquet"), rows, pa.array(sorted(labelled), pa.string()))
 
     # -- consolidation -----------------------------------------------------------------------
 

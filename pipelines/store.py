@@ -62,6 +62,24 @@ class EpisodeTable:
     action: np.ndarray | None
 
 
+def read_failures(fs, path: str) -> pa.Table:
+    return conform(fsx.read_parquet(fs, path), layout.FAILURES, path) if fs.exists(path) else layout.FAILURES.empty_table()
+
+
+def update_failures(fs, path: str, new_rows: list[dict], resolved: pa.Array) -> pa.Table:
+    """Merge a run's failures into a dead-letter table: one row per episode still failing
+    (the latest reason wins); episodes in `resolved` (stored or labelled since) leave it."""
+    current = read_failures(fs, path)
+    new = conform(pa.Table.from_pylist(new_rows, schema=layout.FAILURES), layout.FAILURES, "new failures")
+    merged = pa.concat_tables([new, current])  # newest first
+    _, first = np.unique(merged.column("episode_id").to_numpy(zero_copy_only=False), return_index=True)
+    merged = merged.take(pa.array(np.sort(first)))
+    merged = merged.filter(pc.invert(pc.is_in(merged.column("episode_id"), value_set=resolved)))
+    if merged.num_rows or current.num_rows:
+        fsx.write_parquet_atomic(fs, path, merged)
+    return merged
+
+
 class EpisodeStore:
     def __init__(self, url: str, *, create: bool = False):
         self.url = url.rstrip("/")
@@ -120,25 +138,10 @@ class EpisodeStore:
     # -- dead-letter table -------------------------------------------------------------------
 
     def failures(self) -> pa.Table:
-        path = self._path(layout.FAILURES_FILE)
-        if not self.fs.exists(path):
-            return layout.FAILURES.empty_table()
-        return conform(fsx.read_parquet(self.fs, path), layout.FAILURES, path)
+        return read_failures(self.fs, self._path(layout.FAILURES_FILE))
 
     def update_failures(self, new_rows: list[dict]) -> pa.Table:
-        """Merge this run's failures into the dead-letter table: one row per episode still
-        failing (latest reason wins); episodes stored since are dropped from it."""
-        current = self.failures()
-        new = conform(pa.Table.from_pylist(new_rows, schema=layout.FAILURES), layout.FAILURES, "new failures")
-        merged = pa.concat_tables([new, current])  # newest first
-        ids = merged.column("episode_id").to_numpy(zero_copy_only=False)
-        _, first = np.unique(ids, return_index=True)
-        merged = merged.take(pa.array(np.sort(first)))
-        stored = self.episodes().column("episode_id")
-        merged = merged.filter(pc.invert(pc.is_in(merged.column("episode_id"), value_set=stored)))
-        if merged.num_rows or current.num_rows:
-            fsx.write_parquet_atomic(self.fs, self._path(layout.FAILURES_FILE), merged)
-        return merged
+        return update_failures(self.fs, self._path(layout.FAILURES_FILE), new_rows, self.episodes().column("episode_id"))
 
     # -- reading episodes --------------------------------------------------------------------
 
