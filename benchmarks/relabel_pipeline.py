@@ -8,7 +8,10 @@ LeRobot v3 datasets of 1x and `scale`x the episodes):
 - model-only:  run every window through the model, frames already in memory
 - end-to-end:  `wvm relabel` (local engine, in-process model), outputs written
 The pipeline goal is end-to-end >= 0.8x the slower of the two parts (the stages overlap).
-Peak memory: `wvm relabel` in a child process on the 1x and the scale-x dataset (max RSS).
+Peak memory: `wvm relabel` in a child process on the 1x and the scale-x dataset (max RSS),
+with partitions of `--memory-partition-frames` frames. Memory is bounded by the partition (the
+unit of work), so the partitions must be smaller than the 1x dataset (524 frames) for the
+comparison to measure growth with the dataset rather than a partition filling up.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def relabel_child(dataset: Path, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--memory-partition-frames", type=int, default=256)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "relabel_pipeline.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wvm-bench-"))
@@ -106,10 +110,12 @@ def main() -> None:
         probe = subprocess.run(
             [sys.executable, "-c", "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
-             sys.executable, "-m", "wvm.cli", "relabel", str(dataset), "--out", str(work / f"labels-mem-{name}"), "--engine", "local"],
+             sys.executable, "-m", "wvm.cli", "relabel", str(dataset), "--out", str(work / f"labels-mem-{name}"), "--engine", "local",
+             "--partition-frames", str(args.memory_partition_frames)],
             cwd=ROOT, check=True, capture_output=True, text=True,
         )  # fmt: skip
         peaks[name] = int(probe.stdout.strip()) // 1024
+    results["memory_partition_frames"] = args.memory_partition_frames
     results["peak_rss_mb"] = peaks
     results["peak_ratio"] = peaks[f"x{args.scale}"] / peaks["x1"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ advance many episodes in lockstep and batch their windows together (`label_episo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,14 +106,21 @@ WindowPredictor = Callable[[np.ndarray, list[str], np.ndarray], np.ndarray]
 
 
 def label_episodes(
-    chains: Sequence[EpisodeChain], fetch: FrameFetcher, predict: WindowPredictor, batch_size: int = 64
+    chains: Iterable[EpisodeChain], fetch: FrameFetcher, predict: WindowPredictor, batch_size: int = 64
 ) -> None:
-    """Advance all chains until done, batching the next window of every active chain.
+    """Advance chains until done, batching the next window of every active chain.
 
-    Windows of different frame sizes (episodes of different cameras) go in separate batches.
+    At most `batch_size` chains are active; a finished one is replaced by the next from
+    `chains`, so batches stay full and `chains` may be a lazy iterator (e.g. episodes decoded
+    in the background while the model runs). Windows of different frame sizes (episodes of
+    different cameras) go in separate batches.
     """
+    pending, active = iter(chains), []
     while True:
-        active = [c for c in chains if not c.done]
+        active = [c for c in active if not c.done]
+        while len(active) < batch_size and (chain := next(pending, None)) is not None:
+            if not chain.done:
+                active.append(chain)
         if not active:
             return
         by_shape: dict[tuple, list] = {}

@@ -1,14 +1,18 @@
 """Relabel stage: value-label one partition of episodes with a model and write its outputs.
 
 For each episode: read its per-frame table and only the frames the model samples, chain the
-windows (wvm.windows) through the model handler, batching across all episodes of the
-partition, then compute advantages, weights and the episode summary, and write the
+windows (wvm.windows) through the model handler, batching across the partition's episodes
+while a background thread decodes the next ones, then compute advantages, weights and the episode summary, and write the
 partition's progress array, frames and sidecar parts, and last its commit record.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +27,8 @@ from schemas import labels as spec
 from schemas.validate import conform
 from wvm.weights import awr_weights, binary_weights, chunk_advantage, episode_summary
 from wvm.windows import EpisodeChain, label_episodes
+
+DECODE_AHEAD = 4  # episodes decoded ahead of the model: enough to refill finished chains
 
 
 @dataclass(frozen=True)
@@ -132,25 +138,46 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
     def item_key(self, item: LabelTask) -> str:
         return item.partition_id
 
+    def _decoded(self, episodes: tuple[LabelEpisode, ...], failures: list[dict]) -> Iterator[tuple[EpisodeChain, Any, np.ndarray]]:
+        """(chain, frame table, sampled frames) of each good episode, in order. A background
+        thread decodes a few episodes ahead so decoding overlaps the model (PyAV, Zarr and
+        torch all release the GIL); bad episodes go to `failures` or raise."""
+
+        def decode(episode: LabelEpisode):
+            chain = EpisodeChain(episode.episode_id, episode.length, episode.fps, episode.task, self._handler.geometry)
+            table = self._frames.table(episode)
+            return chain, table, self._frames.sampled(episode, table, chain.samples)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            ahead = deque(pool.submit(decode, e) for e in episodes[:DECODE_AHEAD])
+            for i, episode in enumerate(episodes):
+                future = ahead.popleft()
+                if i + DECODE_AHEAD < len(episodes):
+                    ahead.append(pool.submit(decode, episodes[i + DECODE_AHEAD]))
+                try:
+                    decoded = future.result()
+                except EpisodeError as error:
+                    if not self.skip_bad_episodes:
+                        for rest in ahead:
+                            rest.cancel()
+                        raise
+                    failures.append(failure_row(episode.source_uri, error, self.run_id))
+                    continue
+                yield decoded
+
     def process(self, task: LabelTask) -> LabelResult:
         chains, tables, images, failures = [], {}, {}, []
-        for episode in task.episodes:
-            chain = EpisodeChain(episode.episode_id, episode.length, episode.fps, episode.task, self._handler.geometry)
-            try:
-                table = self._frames.table(episode)
-                images[episode.episode_id] = self._frames.sampled(episode, table, chain.samples)
-            except EpisodeError as error:
-                if not self.skip_bad_episodes:
-                    raise
-                failures.append(failure_row(episode.source_uri, error, self.run_id))
-                continue
-            tables[episode.episode_id] = table
-            chains.append(chain)
+
+        def started(decoded: Iterator[tuple[EpisodeChain, Any, np.ndarray]]) -> Iterator[EpisodeChain]:
+            for chain, table, sampled in decoded:
+                chains.append(chain)
+                tables[chain.key], images[chain.key] = table, sampled
+                yield chain
 
         def fetch(chain: EpisodeChain, indices: np.ndarray) -> np.ndarray:
             return images[chain.key][np.searchsorted(chain.samples, indices)]
 
-        label_episodes(chains, fetch, self._handler.run_batch, self.batch_size)
+        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.run_batch, self.batch_size)
         by_id = {e.episode_id: e for e in task.episodes}
         frames, sidecar, episodes, progress = [], [], [], []
         stamps = {
