@@ -29,10 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import METAWORLD_MINI  # noqa: E402
-from pipelines.lerobot import LeRobotDataset, LeRobotV3Writer  # noqa: E402
-from wvm.handlers import LocalHandler  # noqa: E402
-from wvm.windows import EpisodeChain, label_episodes  # noqa: E402
+from conftest import METAWORLD_MINI
+
+from pipelines.lerobot import LeRobotDataset, LeRobotV3Writer
+from wvm.handlers import LocalHandler
+from wvm.windows import EpisodeChain, label_episodes
 
 
 def replicate(scale: int, out: Path) -> Path:
@@ -106,10 +107,13 @@ def main() -> None:
     # Peak memory of separate runs on 1x and scale-x the episodes: each in a fresh wrapper
     # process, whose RUSAGE_CHILDREN max RSS is exactly that one relabel run.
     peaks = {}
+    wrapper = (
+        "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     for name, dataset in (("x1", one), (f"x{args.scale}", many)):
         probe = subprocess.run(
-            [sys.executable, "-c", "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+            [sys.executable, "-c", wrapper,
              sys.executable, "-m", "wvm.cli", "relabel", str(dataset), "--out", str(work / f"labels-mem-{name}"), "--engine", "local",
              "--partition-frames", str(args.memory_partition_frames)],
             cwd=ROOT, check=True, capture_output=True, text=True,
