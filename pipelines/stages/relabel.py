@@ -2,8 +2,9 @@
 
 For each episode: read its per-frame table and only the frames the model samples, chain the
 windows (wvm.windows) through the model handler, batching across the partition's episodes
-while a background thread decodes the next ones, then compute advantages, weights and the episode summary, and write the
-partition's progress array, frames and sidecar parts, and last its commit record.
+while a background thread decodes the next ones, then compute advantages, weights and the
+episode summary, and write the partition's progress array, frames and sidecar parts, and
+last its commit record.
 """
 
 from __future__ import annotations
