@@ -12,6 +12,7 @@ Readers: `EpisodeStore.episodes()` is the committed manifest (latest row per epi
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,14 +185,18 @@ class EpisodeStore:
 class _ShardedAppender:
     """Appends rows to a Zarr array, writing whole shards only (plus the final tail).
 
-    `truncate` rewinds to an earlier row (dropping a failed episode); rows after it are
-    rewritten later by the same writer, so shards still have a single writer.
+    A full shard is compressed and written on `writes` (a background thread) while the next
+    one fills, so encoding and decoding overlap; at most one write per array is in flight,
+    which keeps memory at two shards. `truncate` rewinds to an earlier row (dropping a failed
+    episode); rows after it are rewritten later by the same writer, in order, so shards still
+    have a single writer.
     """
 
-    def __init__(self, array: zarr.Array, rows_per_shard: int):
-        self.array, self.rows_per_shard = array, rows_per_shard
+    def __init__(self, array: zarr.Array, rows_per_shard: int, writes: ThreadPoolExecutor):
+        self.array, self.rows_per_shard, self.writes = array, rows_per_shard, writes
         self.flushed = 0
         self.buffer: list[np.ndarray] = []
+        self.pending: Future | None = None
 
     @property
     def position(self) -> int:
@@ -210,8 +215,16 @@ class _ShardedAppender:
 
     def flush(self) -> None:
         if self.buffer:
-            self.array[self.flushed : self.position] = np.stack(self.buffer)
+            block, rows = np.stack(self.buffer), slice(self.flushed, self.position)
+            self.wait()
+            self.pending = self.writes.submit(self.array.__setitem__, rows, block)
             self.flushed, self.buffer = self.position, []
+
+    def wait(self) -> None:
+        """Until the write in flight is done; raises its error."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
 
 
 class PartitionWriter:
@@ -232,6 +245,7 @@ class PartitionWriter:
     ):
         self.relative_path = relative_path
         self.group = open_zarr_group(url, mode="w")
+        self.writes = ThreadPoolExecutor(1, thread_name_prefix="zarr-write")
         images = self.group.create_group(layout.IMAGES_GROUP)
         rows_per_shard = frames_per_chunk * chunks_per_shard
         self.cameras = {}
@@ -247,7 +261,7 @@ class PartitionWriter:
                 compressors=IMAGE_CODEC,
                 fill_value=0,
             )
-            self.cameras[camera] = _ShardedAppender(array, rows_per_shard)
+            self.cameras[camera] = _ShardedAppender(array, rows_per_shard, self.writes)
         self.state_dim, self.action_dim = state_dim, action_dim
         self.offsets = [0]
         self.tables: list[EpisodeTable] = []
@@ -278,7 +292,9 @@ class PartitionWriter:
         n = self.rows
         for appender in self.cameras.values():
             appender.flush()
+            appender.wait()
             appender.array.resize((n, *appender.array.shape[1:]))
+        self.writes.shutdown()
 
         def column(name: str, dtype: str, width: int = 0) -> np.ndarray:
             parts = [getattr(t, name) for t in self.tables]
