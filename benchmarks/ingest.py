@@ -17,20 +17,15 @@ Peak memory: `wvm ingest --engine local` in a child process on the 1x and the sc
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from relabel_pipeline import replicate
+from common import ROOT, memory_growth, replicate, write_results
 
 from pipelines.engines.dask import DaskEngine
 from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.lerobot import LeRobotDataset
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def decode_only(dataset: Path) -> tuple[float, int]:
@@ -50,16 +45,6 @@ def ingest_with(workers: int, dataset: Path, store: Path, partition_frames: int)
         seconds = time.perf_counter() - start
     assert summary.failed == 0, summary.failures
     return seconds
-
-
-def peak_rss_mb(dataset: Path, store: Path, partition_frames: int) -> int:
-    wrapper = (
-        "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "wvm.cli", "ingest", str(dataset), "--out", str(store),
-           "--engine", "local", "--partition-frames", str(partition_frames)]  # fmt: skip
-    return int(subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()) // 1024
 
 
 def main() -> None:
@@ -84,14 +69,8 @@ def main() -> None:
         "ingest_1_worker_vs_decode_only": decode_s / one_worker_s,
         "2_workers_vs_1": one_worker_s / two_workers_s,
     }
-    peaks = {name: peak_rss_mb(dataset, work / f"store-mem-{name}", args.memory_partition_frames)
-             for name, dataset in (("x1", one), (f"x{args.scale}", many))}  # fmt: skip
-    results["memory_partition_frames"] = args.memory_partition_frames
-    results["peak_rss_mb"] = peaks
-    results["peak_ratio"] = peaks[f"x{args.scale}"] / peaks["x1"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    results |= memory_growth("ingest", {"x1": one, f"x{args.scale}": many}, work, args.memory_partition_frames)
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -25,31 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, memory_growth, replicate, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import METAWORLD_MINI
-
-from pipelines.lerobot import LeRobotDataset, LeRobotV3Writer
+from pipelines.lerobot import LeRobotDataset
 from wvm.handlers import LocalHandler
 from wvm.windows import EpisodeChain, label_episodes
-
-
-def replicate(scale: int, out: Path) -> Path:
-    """A LeRobot v3 dataset holding metaworld_mini's episodes `scale` times."""
-    source = LeRobotDataset(str(METAWORLD_MINI))
-    camera = source.cameras[0]
-    episodes = []
-    for e in source.episodes():
-        table = source.read_frames(e)
-        episodes.append((np.stack(list(source.decode(e, camera, table.timestamp))), table, e.task))
-    writer = LeRobotV3Writer(str(out), fps=int(source.fps), robot_type=source.robot_type, cameras={camera: source.camera_shape(camera)}, state_dim=4, action_dim=4)
-    for _ in range(scale):
-        for frames, table, task in episodes:
-            writer.add_episode({camera: frames}, table.state, table.action, task)
-    writer.close()
-    return out
 
 
 def decode_only(dataset: Path, geometry) -> tuple[float, int, dict]:
@@ -104,27 +84,8 @@ def main() -> None:
         "end_to_end_vs_slower_part": e2e_fps / min(frames / decode_s, frames / model_s),
         "labelling_vs_slower_part": labelling_fps / min(frames / decode_s, frames / model_s),
     }
-    # Peak memory of separate runs on 1x and scale-x the episodes: each in a fresh wrapper
-    # process, whose RUSAGE_CHILDREN max RSS is exactly that one relabel run.
-    peaks = {}
-    wrapper = (
-        "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    for name, dataset in (("x1", one), (f"x{args.scale}", many)):
-        probe = subprocess.run(
-            [sys.executable, "-c", wrapper,
-             sys.executable, "-m", "wvm.cli", "relabel", str(dataset), "--out", str(work / f"labels-mem-{name}"), "--engine", "local",
-             "--partition-frames", str(args.memory_partition_frames)],
-            cwd=ROOT, check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        peaks[name] = int(probe.stdout.strip()) // 1024
-    results["memory_partition_frames"] = args.memory_partition_frames
-    results["peak_rss_mb"] = peaks
-    results["peak_ratio"] = peaks[f"x{args.scale}"] / peaks["x1"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    results |= memory_growth("relabel", {"x1": one, f"x{args.scale}": many}, work, args.memory_partition_frames)
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":
