@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 
 from prefect import get_client
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -54,10 +55,6 @@ def exclusive(output: str, timeout_s: float = 6 * 3600):
 
 
 def summary_artifact(key: str, title: str, summary: dict) -> None:
-    import json
-
-    from prefect.artifacts import create_markdown_artifact
-
     body = json.dumps(summary, indent=2, default=str)
     create_markdown_artifact(key=key, markdown=f"### {title}\n\n```json\n{body}\n```", description=title)
 

@@ -208,7 +208,6 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
     episodes = frames = windows = 0
     failures: list[dict] = []
     total = sum(len(t.episodes) for t in plan.tasks)
-    sizes = {t.partition_id: len(t.episodes) for t in plan.tasks}
     labelling_started = time.monotonic()
     by_id = {t.partition_id: t for t in plan.tasks}
     with tqdm(total=total, desc=f"relabel ({engine.name}, {config.model.backend})", unit="ep", disable=not progress) as bar:
@@ -220,13 +219,13 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
                                        error="PartitionFailed", reason=result.reason, run_id=run_id)
                         for e in by_id[result.key].episodes
                     ]  # fmt: skip
-                    bar.update(sizes[result.key])
+                    bar.update(len(by_id[result.key].episodes))
                 else:
                     episodes += result.episodes
                     frames += result.frames
                     windows += result.windows
                     failures.extend(result.failures)
-                    bar.update(sizes[result.partition_id])
+                    bar.update(len(by_id[result.partition_id].episodes))
                 bar.set_postfix(frames=frames, failed=len(failures))
                 if on_progress:
                     on_progress(bar.n, total)

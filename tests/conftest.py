@@ -16,17 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from wvm.serving.server import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 METAWORLD_MINI = FIXTURES / "metaworld_mini"
 METAWORLD_LABELS = FIXTURES / "metaworld_mini.labels.parquet"
 G1_V21 = FIXTURES / "g1_bottle_v21"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
