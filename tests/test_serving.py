@@ -53,7 +53,11 @@ def test_server_batches_concurrent_requests(triton_server, windows):
     with TritonHandler(triton_server.grpc_url, request_size=1, max_in_flight=32) as remote:
         before = remote.server_metrics()
         remote.run_batch(frames[:64], texts[:64], prefix[:64])  # 64 single-window requests at once
-        after = remote.server_metrics()
+        # The server counts a request once its execution has finished, which can be just after
+        # the client has the response: give the counters a moment to catch up.
+        deadline = time.monotonic() + 10
+        while (after := remote.server_metrics())["requests"] - before["requests"] < 64 and time.monotonic() < deadline:
+            time.sleep(0.1)
     requests = after["requests"] - before["requests"]
     executions = after["executions"] - before["executions"]
     assert requests == 64
