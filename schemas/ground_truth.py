@@ -1,14 +1,17 @@
 """Ground-truth progress labels that come with benchmark datasets (REFERENCE §2).
 
-One row per frame; `kind` is expert | hesitation | retry and [seg_start, seg_end] is the
-non-progress segment in frames (-1 for expert episodes).
+One row per frame; `kind` is expert | hesitation | retry | failed and [seg_start, seg_end] is
+the non-progress segment in frames (-1 for expert episodes; for a failed episode it runs from
+the frame where the work stops to the last frame).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-KINDS = ("expert", "hesitation", "retry")
+KINDS = ("expert", "hesitation", "retry", "failed")
+# Kinds whose episodes complete the task (the rest are failures, scored by Failure-AUROC).
+SUCCESS_KINDS = ("expert", "hesitation", "retry")
 
 GROUND_TRUTH = pa.schema(
     [

@@ -1,14 +1,21 @@
-"""The inference contract: what a batch of windows looks like on the wire (Triton) and in
-process. Both backends check requests with `check_window_batch`.
+"""The inference contract: what a batch of episode requests looks like on the wire (Triton)
+and in process. Both backends check requests with `check_window_batch`.
+
+One request item is one episode read at the model's N samples (config parameter
+samples_per_episode; wvm.data.sample_positions says which frames).
 
 Inputs
-  FRAMES        UINT8  [B, K, H, W, 3]      K = 2 + h: the episode's first frame (anchor), the
-                                            prefix frame, h current frames; RGB. K = 1 + h for
-                                            models without an anchor (config parameter anchor_frame)
+  FRAMES        UINT8  [B, N, H, W, 3]      the episode's sampled frames in time order, RGB;
+                                            an episode with fewer samples pads after them
   TASK          BYTES  [B, 1]               task text, UTF-8
-  PREFIX_VALUE  FP32   [B, 1]               value of the prefix frame, in [0, 1]
+  LENGTH        INT32  [B, 1]               how many leading frames are real samples (2..N, or 1
+                                            for a one-frame episode); the rest is padding
 Outputs
-  VALUES        FP32   [B, h]               values of the h current frames, in [0, 1]
+  VALUES        FP32   [B, N]               progress at each sample, in [0, 1] (0 at padding)
+  OOD           FP32   [B, 1]               out-of-distribution score of the episode's frames:
+                                            mean autoencoder reconstruction error over the
+                                            error 99% of training frames stay under (> 1: unlike
+                                            the training data; labels less trustworthy)
   MODEL_VERSION BYTES  [B, 1]               "<version>@<checkpoint sha256[:16]>" of the model
 """
 
@@ -16,16 +23,17 @@ from __future__ import annotations
 
 import numpy as np
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 1: windows of [anchor,] prefix + h frames with a PREFIX_VALUE
 MODEL_NAME = "wvm"
 
 FRAMES = "FRAMES"
 TASK = "TASK"
-PREFIX_VALUE = "PREFIX_VALUE"
+LENGTH = "LENGTH"
 VALUES = "VALUES"
+OOD = "OOD"
 MODEL_VERSION = "MODEL_VERSION"
 
-MAX_BATCH = 64  # windows per request (config.pbtxt max_batch_size)
+MAX_BATCH = 64  # episodes per request (config.pbtxt max_batch_size)
 MAX_SIDE = 1024  # pixels; frames are downscaled by the model anyway
 MIN_SIDE = 8
 MAX_TASK_BYTES = 1024
@@ -41,10 +49,10 @@ def parse_model_version(answer: str) -> tuple[str, str]:
 
 
 class ContractError(ValueError):
-    """A batch of windows that violates the contract."""
+    """A batch of episode requests that violates the contract."""
 
 
-def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, window_frames: int, max_batch: int | None = MAX_BATCH) -> None:
+def check_window_batch(frames: np.ndarray, texts, lengths: np.ndarray, window_frames: int, max_batch: int | None = MAX_BATCH) -> None:
     """Raise ContractError naming the first violation. Callers that split batches themselves
     (the handlers) pass max_batch=None; the server checks every request against MAX_BATCH."""
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
@@ -55,18 +63,18 @@ def check_window_batch(frames: np.ndarray, texts, prefix: np.ndarray, window_fra
     if k != window_frames or c != 3:
         raise ContractError(f"{FRAMES} must be [B, {window_frames}, H, W, 3], got {list(frames.shape)}")
     if b < 1 or (max_batch is not None and b > max_batch):
-        raise ContractError(f"batch of {b} windows; allowed 1..{max_batch}")
+        raise ContractError(f"batch of {b} episodes; allowed 1..{max_batch}")
     if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
         raise ContractError(f"frame size {h}x{w} outside {MIN_SIDE}..{MAX_SIDE} pixels")
     if len(texts) != b:
-        raise ContractError(f"{TASK} has {len(texts)} entries for {b} windows")
+        raise ContractError(f"{TASK} has {len(texts)} entries for {b} episodes")
     for text in texts:
         if not isinstance(text, str) or not text.strip():
             raise ContractError(f"{TASK} must be non-empty text")
         if len(text.encode()) > MAX_TASK_BYTES:
             raise ContractError(f"{TASK} longer than {MAX_TASK_BYTES} bytes")
-    prefix = np.asarray(prefix)
-    if prefix.shape != (b,) or prefix.dtype != np.float32:
-        raise ContractError(f"{PREFIX_VALUE} must be float32 with one value per window, got {prefix.dtype} {list(prefix.shape)}")
-    if not np.all(np.isfinite(prefix)) or np.any(prefix < 0) or np.any(prefix > 1):
-        raise ContractError(f"{PREFIX_VALUE} must be finite and in [0, 1]")
+    lengths = np.asarray(lengths)
+    if lengths.shape != (b,) or lengths.dtype != np.int32:
+        raise ContractError(f"{LENGTH} must be int32 with one count per episode, got {lengths.dtype} {list(lengths.shape)}")
+    if np.any(lengths < 1) or np.any(lengths > window_frames):
+        raise ContractError(f"{LENGTH} must be in 1..{window_frames}")

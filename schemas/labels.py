@@ -23,7 +23,7 @@ import re
 import pyarrow as pa
 
 LABELS_FORMAT = "wvm-labels"
-LABELS_SCHEMA_VERSION = 1
+LABELS_SCHEMA_VERSION = 2  # 2: episodes carry ood_score and trusted (model v2)
 
 ROOT_MARKER = "wvm_labels.json"
 LATEST_POINTER = "latest.json"
@@ -72,6 +72,10 @@ FRAMES = pa.schema(
     metadata={"wvm.table": "frames", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
 )
 
+# An episode whose mean frame reconstruction error is over twice what 99% of the training
+# frames reach is out of the model's distribution: its labels are kept, flagged untrusted.
+OOD_TRUST_LIMIT = 2.0
+
 EPISODES = pa.schema(
     [
         pa.field("episode_id", pa.string(), nullable=False),
@@ -87,6 +91,10 @@ EPISODES = pa.schema(
         pa.field("flat_fraction", pa.float32(), nullable=False),
         pa.field("falling_fraction", pa.float32(), nullable=False),
         pa.field("quality", pa.float32(), nullable=False),
+        # how unlike the model's training frames this episode's frames are (schemas/inference.py
+        # OOD); above OOD_TRUST_LIMIT the labels are flagged as not to be trusted
+        pa.field("ood_score", pa.float32(), nullable=False),
+        pa.field("trusted", pa.bool_(), nullable=False),
         pa.field("partition_id", pa.string(), nullable=False),
         pa.field("progress_path", pa.string(), nullable=False),  # Zarr group of the progress array
         pa.field("progress_offset", pa.int64(), nullable=False),  # first row of the episode there

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wvm.checkpoint import CheckpointError, load_model, save_model
-from wvm.metrics import expert_voc, ground_truth, hesitation_rmse, retry_voc, spearman
+from wvm.metrics import auroc, expert_voc, failure_auroc, ground_truth, hesitation_rmse, retry_voc, spearman
 from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
@@ -23,12 +23,14 @@ def small_model(**overrides) -> WorldValueModel:
 
 def random_batch(config: WVMConfig, b: int = 3, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    s = config.latent_size
+    s, n = config.latent_size, config.samples_per_episode
+    valid = torch.ones(b, n, dtype=torch.bool)
+    valid[0, n // 2 :] = False  # one shorter episode, padded
     return Batch(
-        latents=torch.randn(b, config.clip_frames, config.latent_channels, s, s, generator=g),
+        latents=torch.randn(b, n, config.latent_channels, s, s, generator=g),
         text=torch.randn(b, config.text_dim, generator=g),
-        prefix_value=torch.rand(b, generator=g),
-        values=torch.rand(b, config.horizon, generator=g),
+        values=torch.rand(b, n, generator=g),
+        valid=valid,
     )
 
 
@@ -36,69 +38,100 @@ def test_shapes():
     model = small_model()
     cfg = model.config
     batch = random_batch(cfg)
-    t = torch.zeros(3)
-    video, value = model(batch.latents, batch.text, batch.prefix_value, batch.values, t)
-    assert video.shape == (3, cfg.horizon * cfg.tokens_per_frame, cfg.patch_dim)
-    assert value.shape == (3, cfg.horizon)
-    frames = torch.randint(0, 256, (3, cfg.window_frames, 96, 120, 3), dtype=torch.uint8)  # any frame size
-    values = model.predict(frames, batch.text, torch.zeros(3))
-    assert values.shape == (3, cfg.horizon) and values.min() >= 0 and values.max() <= 1
-    assert model.encode_frames(frames).shape == (3, cfg.window_frames, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    n = cfg.samples_per_episode
+    video, value = model(batch.latents, torch.ones(3, n), batch.text, batch.values, torch.zeros(3), batch.valid)
+    assert video.shape == (3, n, cfg.tokens_per_frame, cfg.patch_dim)
+    assert value.shape == (3, n)
+    frames = torch.randint(0, 256, (3, n, 96, 120, 3), dtype=torch.uint8)  # any frame size
+    values = model.predict(frames, batch.text, torch.tensor([5, n, n]))
+    assert values.shape == (3, n) and values.min() >= 0 and values.max() <= 1
+    assert torch.all(values[0, 5:] == 0)  # padding gets no value
+    assert model.encode_frames(frames).shape == (3, n, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
 
 
 def test_value_tokens_never_change_video_outputs():
     model = small_model()
     batch = random_batch(model.config)
-    t = torch.full((3,), 0.3)
-    video_a, value_a = model(batch.latents, batch.text, batch.prefix_value, batch.values, t)
-    video_b, value_b = model(batch.latents, batch.text, 1 - batch.prefix_value, torch.rand(3, 4), t)
+    n = model.config.samples_per_episode
+    frame_t, t = torch.full((3, n), 0.3), torch.full((3,), 0.3)
+    video_a, value_a = model(batch.latents, frame_t, batch.text, batch.values, t, batch.valid)
+    video_b, value_b = model(batch.latents, frame_t, batch.text, torch.rand(3, n), t, batch.valid)
     assert torch.equal(video_a, video_b)  # video never attends to value tokens
     assert not torch.allclose(value_a, value_b)
     # ...but value tokens do attend to video tokens
-    _, value_c = model(batch.latents + 1.0, batch.text, batch.prefix_value, batch.values, t)
+    _, value_c = model(batch.latents + 1.0, frame_t, batch.text, batch.values, t, batch.valid)
     assert not torch.allclose(value_a, value_c)
+
+
+def test_padding_never_changes_real_outputs():
+    model = small_model()
+    cfg = model.config
+    frames = torch.randint(0, 256, (1, cfg.samples_per_episode, 32, 32, 3), dtype=torch.uint8)
+    other = frames.clone()
+    other[:, 7:] = 255 - other[:, 7:]  # different padding after 7 real samples
+    text = torch.randn(1, cfg.text_dim)
+    a, b = model.predict(frames, text, torch.tensor([7])), model.predict(other, text, torch.tensor([7]))
+    assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_one_step_inference_is_deterministic_for_a_fixed_seed():
     cfg = WVMConfig(**SMALL)
     frames = torch.randint(0, 256, (4, cfg.window_frames, 64, 64, 3), dtype=torch.uint8)
-    text, prefix = torch.randn(4, cfg.text_dim), torch.rand(4)
-    a = small_model().predict(frames, text, prefix)
-    b = small_model().predict(frames, text, prefix)  # a new model, same weights and noise seed
+    text, lengths = torch.randn(4, cfg.text_dim), torch.tensor([24, 3, 24, 10])
+    a = small_model().predict(frames, text, lengths)
+    b = small_model().predict(frames, text, lengths)  # a new model, same weights and noise seed
     assert torch.equal(a, b)
-    alone = small_model().predict(frames[2:3], text[2:3], prefix[2:3])
+    alone = small_model().predict(frames[2:3], text[2:3], lengths[2:3])
     assert torch.allclose(alone, a[2:3], atol=1e-6)  # an answer does not depend on its batch
     other_seed = small_model(noise_seed=1)
     other_seed.load_state_dict(small_model().state_dict())
-    assert not torch.equal(other_seed.predict(frames, text, prefix), a)
+    assert not torch.equal(other_seed.predict(frames, text, lengths), a)
 
 
-def test_a_tiny_training_run_lowers_the_loss():
-    torch.manual_seed(0)
-    model = WorldValueModel(WVMConfig(**SMALL)).train()
-    batch = random_batch(model.config, b=16)
-    batch.values = torch.sigmoid(batch.latents[:, 1:5].mean(dim=(2, 3, 4)) * 4)  # a function of the frames
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+def _train(model, batch, steps: int, key: str) -> list[float]:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
-    for _ in range(80):
+    for _ in range(steps):
         torch.manual_seed(len(losses))
         loss, info = model.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(info["value"])
+        losses.append(info[key])
+    return losses
+
+
+def test_a_tiny_training_run_lowers_the_value_loss():
+    torch.manual_seed(0)
+    model = WorldValueModel(WVMConfig(**SMALL)).train()
+    batch = random_batch(model.config, b=16)
+    batch.values = torch.sigmoid(batch.latents.mean(dim=(2, 3, 4)) * 4)  # a function of the frames
+    losses = _train(model, batch, 80, "value")
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
-def test_static_baseline_ignores_temporal_context():
+def test_stage_one_world_model_objective_lowers_its_loss():
+    """Stage 1: no value loss; the video stream learns to denoise the future latents of
+    episodes whose frames follow one another (here: a smooth drift per episode)."""
+    torch.manual_seed(0)
+    model = WorldValueModel(WVMConfig(**SMALL, value_loss_weight=0.0, clean_p=0.0)).train()
+    batch = random_batch(model.config, b=16)
+    start, step = torch.randn(16, 1, 4, 8, 8), torch.randn(16, 1, 4, 8, 8) * 0.1
+    batch.latents = start + step * torch.arange(model.config.samples_per_episode).view(1, -1, 1, 1, 1)
+    losses = _train(model, batch, 80, "video")
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    total, info = model.loss(batch)
+    assert total.item() == pytest.approx(info["video"])  # the value loss does not count in stage 1
+
+
+def test_static_baseline_reads_one_frame_at_a_time():
     torch.manual_seed(0)
     model = StaticValueModel(WVMConfig(**SMALL, kind="static")).eval()
     frames = torch.randint(0, 256, (2, 5, 64, 64, 3), dtype=torch.uint8)
     text = torch.randn(2, 384)
-    a = model.predict(frames, text, torch.zeros(2))
-    shuffled = frames[:, [4, 3, 2, 1, 0]]  # current frames 1..4 become 3, 2, 1, 0; other prefix
-    b = model.predict(shuffled, text, torch.ones(2))
-    assert torch.allclose(a[:, 0], b[:, 2], atol=1e-6) and torch.allclose(a[:, 2], b[:, 0], atol=1e-6)
+    a = model.predict(frames, text, torch.tensor([5, 5]))
+    b = model.predict(frames[:, [4, 3, 2, 1, 0]], text, torch.tensor([5, 5]))
+    assert torch.allclose(a, b.flip(1), atol=1e-6)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -106,9 +139,9 @@ def test_checkpoint_round_trip(tmp_path):
     digest = save_model(tmp_path / "ckpt", model, model.config)
     loaded = load_model(tmp_path / "ckpt")
     assert loaded.version == "test-1" and loaded.checkpoint_hash == digest
-    frames = torch.randint(0, 256, (2, 5, 64, 64, 3), dtype=torch.uint8)
-    text, prefix = torch.randn(2, 384), torch.rand(2)
-    assert torch.equal(loaded.model.predict(frames, text, prefix), model.predict(frames, text, prefix))
+    frames = torch.randint(0, 256, (2, model.config.samples_per_episode, 64, 64, 3), dtype=torch.uint8)
+    text, lengths = torch.randn(2, 384), torch.tensor([24, 9])
+    assert torch.equal(loaded.model.predict(frames, text, lengths), model.predict(frames, text, lengths))
     assert not (tmp_path / "ckpt.tmp").exists()
 
 
@@ -135,6 +168,19 @@ def test_ground_truth_by_hand():
     # retry T=10, [m, n] = [4, 6], x=2: v_m = 4 / 6, v_n = 2 / 6
     gt = ground_truth(10, "retry", 4, 6)
     np.testing.assert_allclose(gt[[0, 4, 5, 6, 9]], [0, 4 / 6, 3 / 6, 2 / 6, 1])
+    # failed T=6, work stops at m=2: the expert pace t/5 until frame 2, then held at 0.4
+    np.testing.assert_allclose(ground_truth(6, "failed", 2, 5), [0, 0.2, 0.4, 0.4, 0.4, 0.4])
+    with pytest.raises(ValueError, match="must end at its last frame"):
+        ground_truth(6, "failed", 2, 4)
+
+
+def test_failure_auroc_by_hand():
+    # successes 0.9, 0.8, 0.3 vs failures 0.5, 0.1: pairs won 2 + 2 + 1 = 5 of 6
+    quality = np.array([0.9, 0.5, 0.8, 0.1, 0.3])
+    succeeded = np.array([True, False, True, False, True])
+    assert failure_auroc(quality, succeeded) == pytest.approx(5 / 6)
+    assert auroc([1.0, 1.0], [1.0]) == 0.5  # ties count half: a constant score is chance
+    assert auroc([0.2], [0.9]) == 0.0 and np.isnan(failure_auroc(quality, np.ones(5, bool)))
 
 
 def test_metrics_by_hand():
@@ -163,6 +209,6 @@ def test_another_backbone_is_named_by_the_config(tmp_path, monkeypatch):
     model = small_model(backbone="my_backbone:build")
     assert type(model.video).__name__ == "Wider"
     frames = torch.randint(0, 256, (1, model.config.window_frames, 32, 32, 3), dtype=torch.uint8)
-    assert model.predict(frames, torch.randn(1, 384), torch.zeros(1)).shape == (1, 4)
+    assert model.predict(frames, torch.randn(1, 384), torch.tensor([24])).shape == (1, 24)
     with pytest.raises(ValueError, match="expected 'small' or 'package.module:factory'"):
         small_model(backbone="wan2.2")

@@ -1,23 +1,25 @@
-"""Windowing (every frame gets a value, whatever the fps), training clips, advantages and
-sample weights against hand-computed values."""
+"""Episode requests (every frame gets a value, whatever the fps), training episode edits,
+advantages and sample weights against hand-computed values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wvm.data import clip_indices, sampling_stride
+from wvm.data import edit_episode, sample_positions
+from wvm.metrics import ground_truth
 from wvm.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from wvm.windows import EpisodeChain, WindowGeometry, label_episodes
 
-GEOMETRY = WindowGeometry(horizon=4, samples_per_episode=20, max_sample_interval_s=1.0)
+GEOMETRY = WindowGeometry(samples_per_episode=24)
 
 
 def progress_oracle(truth_by_key):
     """A predictor that returns the true values of the frames it is shown (encoded in pixel 0)."""
 
-    def predict(frames, texts, prefix):
-        return frames[:, 1:, 0, 0, 0].astype(np.float32) / 255.0
+    def predict(frames, texts, lengths):
+        values = frames[:, :, 0, 0, 0].astype(np.float32) / 255.0
+        return values, np.zeros(len(frames), np.float32)
 
     def fetch(chain, indices):
         frames = np.zeros((len(indices), 8, 8, 3), np.uint8)
@@ -36,17 +38,16 @@ def test_every_frame_gets_a_value(length, fps):
     values = chain.frame_values()
     assert values.shape == (length,) and np.all(np.isfinite(values))
     assert chain.samples[0] == 0 and chain.samples[-1] == length - 1
-    np.testing.assert_allclose(values[1:], truth[1:], atol=1 / 255 + 1e-6)  # exact up to pixel quantisation
+    np.testing.assert_allclose(values, truth, atol=1 / 255 + 1e-6)  # exact up to pixel quantisation
 
 
-def test_sampling_covers_episodes_whatever_the_fps():
-    from wvm.data import sample_positions
-
-    assert list(sample_positions(17, 20, 20, 1.0)) == list(range(17))  # short: every frame
-    assert len(sample_positions(25, 20, 20, 1.0)) == 20 and len(sample_positions(421, 30, 20, 1.0)) == 20
-    long = sample_positions(18_000, 30, 20, 1.0)  # never sparser than one sample a second
-    assert np.diff(long).max() <= 30 and long[-1] == 17_999
-    assert sampling_stride(421, 30, 20, 1.0) == pytest.approx(420 / 19)
+def test_sampling_reads_every_episode_at_the_same_count():
+    assert list(sample_positions(17, 24)) == list(range(17))  # short: every frame
+    assert len(sample_positions(25, 24)) == 24 and len(sample_positions(18_000, 24)) == 24
+    assert sample_positions(18_000, 24)[-1] == 17_999 and list(sample_positions(1, 24)) == [0]
+    chain = EpisodeChain("e", 10, 20, "t", GEOMETRY)
+    indices, count = chain.request()  # padded to the request size by repeating the last frame
+    assert count == 10 and len(indices) == 24 and list(indices[9:]) == [9] * 15
 
 
 def test_batching_does_not_change_values():
@@ -62,35 +63,38 @@ def test_batching_does_not_change_values():
             np.testing.assert_array_equal(a, b)
 
 
-def test_prefix_value_is_chained_and_averaged():
-    seen = []
+def test_one_request_per_episode_and_each_sample_read_once():
+    calls = []
 
-    def predict(frames, texts, prefix):
-        seen.append(float(prefix[0]))
-        return np.full((len(frames), 4), float(len(seen)) / 10, np.float32)
+    def predict(frames, texts, lengths):
+        calls.append((frames.shape, list(lengths)))
+        return np.zeros(frames.shape[:2], np.float32), np.full(len(frames), 0.5, np.float32)
 
-    chain = EpisodeChain("e", 8, 20, "t", GEOMETRY)
-    label_episodes([chain], lambda c, i: np.zeros((len(i), 8, 8, 3), np.uint8), predict)
-    # window 0 starts from 0; window 1's prefix is sample 1, predicted only by window 0 (0.1);
-    # window 2's prefix is sample 2, predicted by windows 0 and 1: mean(0.1, 0.2)
-    assert seen[:3] == pytest.approx([0.0, 0.1, 0.15])
+    chains = [EpisodeChain(str(i), n, 20, "t", GEOMETRY) for i, n in enumerate([5, 30, 100])]
+    label_episodes(chains, lambda c, i: np.zeros((len(i), 8, 8, 3), np.uint8), predict, batch_size=64)
+    assert calls == [((3, 24, 8, 8, 3), [5, 24, 24])]
+    assert [c.ood for c in chains] == [0.5, 0.5, 0.5]
 
 
-def test_clip_indices_rewinding():
-    rng = np.random.default_rng(0)
-    kinds = {"rising": 0, "falling": 0, "flat": 0}
-    for _ in range(2000):
-        idx = clip_indices(100, 3.0, 4, rng)
-        assert idx.shape == (9,) and idx.min() >= 0 and idx.max() <= 99
-        steps = np.diff(idx)
-        if np.any(steps < 0):
-            kinds["falling"] += 1
-        elif np.any(steps == 0) and idx[-1] < 99 and idx[0] > 0:
-            kinds["flat"] += 1
-        else:
-            kinds["rising"] += 1
-    assert 0.4 < kinds["falling"] / 2000 < 0.55  # rewind ratio 0.5 (clamping at the end hides a few)
-    assert 0.03 < kinds["flat"] / 2000 < 0.12  # plateau ratio 0.1
+@pytest.mark.parametrize("seed", range(40))
+def test_episode_edits_follow_the_ground_truth_formulas(seed):
+    """Rewinding at the episode level: the edited frame order matches its kind, and the label
+    is the formula's (REFERENCE §2), so an edited expert episode looks like a real one."""
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(8, 60))
+    frames, kind, m, n = edit_episode(length, rng)
+    truth = ground_truth(len(frames), kind, m, n)
+    progress = frames / (length - 1)  # the expert's own progress at each shown frame
+    if kind == "hesitation":
+        assert len(frames) == length + (n - m) and np.all(frames[m : n + 1] == frames[m])
+        np.testing.assert_allclose(truth, progress, atol=1e-9)  # exact: v_m = m / (T - 1 - x)
+    elif kind == "retry":
+        x = n - m
+        assert len(frames) == length + 2 * x and np.all(np.diff(frames[m : n + 1]) == -1)
+        np.testing.assert_allclose(truth, progress, atol=1.0 / length + 1e-9)  # formula uses T - 2x, not T - 1 - 2x
+    else:
+        assert kind == "failed" and len(frames) == length and n == length - 1
+        assert np.all(frames[m:] == m) and truth[-1] == pytest.approx(m / (length - 1)) and truth[-1] < 1
 
 
 def test_advantage_and_weights_by_hand():
@@ -124,10 +128,3 @@ def test_episode_summary():
     assert summary["quality"] < 0.35
 
 
-def test_windows_with_an_anchor_start_with_the_first_frame():
-    anchored = WindowGeometry(horizon=4, samples_per_episode=20, max_sample_interval_s=1.0, anchor_frame=True)
-    chain = EpisodeChain("e", 60, 20, "t", anchored)
-    assert anchored.window_frames == 6
-    for w in range(chain.windows):
-        idx = chain.indices(w)
-        assert idx[0] == 0 and len(idx) == 6 and idx[1] == chain.samples[w]

@@ -30,7 +30,7 @@ def _datagen(args: argparse.Namespace) -> dict:
     config = metaworld.DatagenConfig(
         out=args.out,
         tasks=tasks,
-        per_kind={"expert": args.expert, "hesitation": args.hesitation, "retry": args.retry},
+        per_kind={"expert": args.expert, "hesitation": args.hesitation, "retry": args.retry, "failed": args.failed},
         seed=args.seed,
         size=args.size,
         camera=args.camera,
@@ -45,8 +45,8 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     datagen_sub = p.add_subparsers(dest="simulator", required=True)
     mw = datagen_sub.add_parser(
         "metaworld",
-        help="Meta-World expert / hesitation / retry episodes as a LeRobot v3 dataset",
-        description="Render Meta-World episodes (expert, hesitation, retry) into a LeRobot v3.0 dataset at OUT "
+        help="Meta-World expert / hesitation / retry / failed episodes as a LeRobot v3 dataset",
+        description="Render Meta-World episodes (expert, hesitation, retry, failed) into a LeRobot v3.0 dataset at OUT "
         "and their ground-truth progress into OUT.labels.parquet.",
     )
     mw.add_argument("--out", required=True, help="output dataset directory (must not exist)")
@@ -58,6 +58,7 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     mw.add_argument("--expert", type=int, default=2, help="expert episodes per task")
     mw.add_argument("--hesitation", type=int, default=2, help="hesitation episodes per task")
     mw.add_argument("--retry", type=int, default=2, help="retry episodes per task")
+    mw.add_argument("--failed", type=int, default=0, help="failed episodes per task (the task is never completed)")
     mw.add_argument("--seed", type=int, default=0)
     mw.add_argument("--size", type=int, default=128, help="square image size in pixels")
     mw.add_argument("--camera", default="corner", help="Meta-World camera name")
@@ -143,7 +144,7 @@ def _train(args: argparse.Namespace) -> dict:
     from wvm.train import TrainConfig, train
 
     config = TrainConfig.from_file(args.config)
-    for key in ("seed", "device", "precision", "steps", "ae_steps", "threads", "init_autoencoder"):
+    for key in ("seed", "device", "precision", "steps", "ae_steps", "threads", "init_autoencoder", "init_from"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
     final = train(config, args.out)
@@ -167,6 +168,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (overrides the config)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--init-autoencoder", default=None, help="take the frozen encoder from this checkpoint, skip its training")
+    p.add_argument("--init-from", default=None, help="start from all weights of this checkpoint (stage 2 from a stage-1 run)")
     p.set_defaults(run=_train)
 
 

@@ -18,25 +18,14 @@ from wvm.metrics import ground_truth
 log = logging.getLogger(__name__)
 
 
-def sampling_stride(length: int, fps: float, samples_per_episode: int, max_interval_s: float) -> float:
-    """Source frames between two model samples (fractional): an episode spans exactly
-    `samples_per_episode` samples whatever its length, fps or speed (more when samples would be
-    further apart than max_interval_s, never more than one per frame). Progress per sample is
-    then about the same for every expert episode, which is what lets the model generalise
-    across robots and frame rates. Training and inference both use this."""
-    if length <= 1:
-        return 1.0
-    samples = max(samples_per_episode, math.ceil((length - 1) / max(fps * max_interval_s, 1e-9)) + 1)
-    return max((length - 1) / (min(samples, length) - 1), 1.0)
-
-
-def sample_positions(length: int, fps: float, samples_per_episode: int, max_interval_s: float) -> np.ndarray:
-    """Frame indices of the samples: evenly spaced, first and last frame included."""
+def sample_positions(length: int, samples: int) -> np.ndarray:
+    """Frame indices at which the model reads an episode: `samples` evenly spaced frames, first
+    and last included (every frame when the episode is shorter). The same count whatever the
+    episode's length, fps or speed, so progress per sample is alike across robots and frame
+    rates. Training and inference both use this."""
     if length <= 1:
         return np.zeros(1, dtype=np.int64)
-    stride = sampling_stride(length, fps, samples_per_episode, max_interval_s)
-    count = int(round((length - 1) / stride)) + 1
-    return np.unique(np.round(np.linspace(0, length - 1, count)).astype(np.int64))
+    return np.unique(np.round(np.linspace(0, length - 1, min(samples, length))).astype(np.int64))
 
 
 @dataclass
@@ -44,7 +33,7 @@ class TrainingEpisode:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     values: np.ndarray  # float32 (T,) ground-truth progress
     task: str
-    kind: str  # expert | hesitation | retry
+    kind: str  # expert | hesitation | retry | failed
     fps: float
     source: str  # for logs: store url + episode index
 
@@ -82,53 +71,65 @@ def ground_truth_by_episode(labels_url: str) -> dict:
     return {int(i): g.sort_values("frame_index") for i, g in table.groupby("episode_index")}
 
 
-def clip_indices(
-    length: int, stride: float, horizon: int, rng: np.random.Generator, rewind_p: float = 0.5, plateau_p: float = 0.1
-) -> np.ndarray:
-    """Frame indices of one clip (prefix, h current, h future), with video rewinding.
+def edit_episode(length: int, rng: np.random.Generator) -> tuple[np.ndarray, str, int, int]:
+    """Video rewinding at the episode level: splice a non-progress segment into an expert
+    episode of `length` frames, as the real suboptimal kinds would look. Returns (frame index
+    per step of the edited episode, kind, seg_start, seg_end), labelled by the ground-truth
+    formulas of that kind (wvm.metrics.ground_truth):
 
-    rising: the episode as recorded; falling (rewind_p): forward to a turn point, then the same
-    frames backwards; flat (plateau_p): forward to a turn point, then that frame repeated.
-    Labels follow the frames, so falling clips teach regression and flat clips hesitation.
-    Indices past either end are clamped (padding with the first / last frame).
+    hesitation: frame m repeated x times;  retry: frames m-1 .. m-x backwards, then forward again;
+    failed: the episode stops at frame m and its last frame repeats to the original length.
     """
-    n = 1 + 2 * horizon
-    steps = np.arange(n, dtype=np.float64)
-    mode = rng.random()
-    turn = int(rng.integers(1, n - 1))
-    if mode < plateau_p:
-        steps = np.minimum(steps, turn)
-    elif mode < plateau_p + rewind_p:
-        steps = np.where(steps <= turn, steps, 2 * turn - steps)
-    start = rng.uniform(-stride, max(length - 1 - stride, 0))
-    return np.clip(np.round(start + stride * steps), 0, length - 1).astype(np.int64)
+    frames = np.arange(length)
+    kind = ("hesitation", "retry", "failed")[int(rng.integers(0, 3))]
+    if kind == "failed":
+        m = int(rng.integers(max(1, length // 5), max(2, 4 * length // 5)))
+        return np.minimum(frames, m), kind, m, length - 1
+    x = int(rng.integers(max(1, length // 6), max(2, length // 2) + 1))
+    if kind == "hesitation":
+        m = int(rng.integers(1, length - 1))
+        return np.concatenate([frames[: m + 1], np.full(x, m), frames[m + 1 :]]), kind, m, m + x
+    x = min(x, length - 2)
+    m = int(rng.integers(x, length - 1))
+    back = np.arange(m - 1, m - x - 1, -1)
+    return np.concatenate([frames[: m + 1], back, frames[m - x + 1 :]]), kind, m, m + x
 
 
-class ClipSampler:
-    """Draws training clips: random episode, stride jittered around the inference stride
-    (so other speeds and frame rates look familiar), random position and rewinding."""
+class EpisodeSampler:
+    """Draws training episodes at the model's N samples: a random episode, as recorded or (with
+    probability `edit_p`, expert episodes only) edited by `edit_episode`; the sample positions
+    jittered a little around the evenly spaced ones inference uses."""
 
-    def __init__(
-        self, episodes: list[TrainingEpisode], horizon: int, samples_per_episode: int, max_interval_s: float, anchor_frame: bool
-    ):
-        self.episodes, self.horizon, self.anchor_frame = episodes, horizon, anchor_frame
-        self.strides = [sampling_stride(len(e.values), e.fps, samples_per_episode, max_interval_s) for e in episodes]
+    def __init__(self, episodes: list[TrainingEpisode], samples: int, edit_p: float = 0.5):
+        self.episodes, self.samples, self.edit_p = episodes, samples, edit_p
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(episode ids (B,), global frame indices (B, clip), values (B, clip)); with an anchor,
-        column 0 is the episode's first frame."""
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(episode ids (B,), global frame indices (B, N), values (B, N), valid (B, N)); padding
+        positions repeat the last frame and are not valid."""
+        n = self.samples
         ids = rng.integers(0, len(self.episodes), batch_size)
-        frames, values = [], []
-        for i in ids:
+        frames = np.zeros((batch_size, n), np.int64)
+        values = np.zeros((batch_size, n), np.float32)
+        valid = np.zeros((batch_size, n), bool)
+        for row, i in enumerate(ids):
             episode = self.episodes[i]
-            stride = max(1.0, self.strides[i] * float(np.exp(rng.uniform(np.log(0.67), np.log(1.5)))))
-            idx = clip_indices(len(episode.values), stride, self.horizon, rng)
-            if self.anchor_frame:
-                idx = np.concatenate([[0], idx])
-            frames.append(self.offsets[i] + idx)
-            values.append(episode.values[idx])
-        return ids, np.stack(frames), np.stack(values).astype(np.float32)
+            steps, truth = np.arange(len(episode.values)), episode.values
+            if episode.kind == "expert" and len(steps) >= 4 and rng.random() < self.edit_p:
+                steps, kind, m, end = edit_episode(len(steps), rng)
+                truth = ground_truth(len(steps), kind, m, end)
+            positions = sample_positions(len(steps), n)
+            k = len(positions)
+            if k > 2:  # jitter inner samples by up to a third of the spacing
+                spacing = (len(steps) - 1) / (k - 1)
+                jitter = np.round(rng.uniform(-spacing / 3, spacing / 3, k - 2)).astype(np.int64)
+                positions[1:-1] = np.clip(positions[1:-1] + jitter, 1, len(steps) - 2)
+                positions = np.sort(positions)
+            frames[row, :k] = self.offsets[i] + steps[positions]
+            frames[row, k:] = frames[row, k - 1]
+            values[row, :k] = truth[positions]
+            valid[row, :k] = True
+        return ids, frames, values, valid
 
 
 def augment(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""`wvm eval`: Expert-VOC, Hesitation-RMSE and Retry-VOC (REFERENCE §2) for the model and its
-baselines on benchmark datasets with ground truth, as a Markdown report with plots."""
+"""`wvm eval`: Expert-VOC, Hesitation-RMSE, Retry-VOC (REFERENCE §2) and Failure-AUROC for the
+model and its baselines on benchmark datasets with ground truth, as a Markdown report with
+per-task plot grids."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.lerobot import LeRobotDataset
-from schemas.ground_truth import LABELS_SUFFIX
+from schemas.ground_truth import KINDS, LABELS_SUFFIX, SUCCESS_KINDS
 from wvm.data import ground_truth_by_episode
 from wvm.handlers import ValueModelHandler
-from wvm.metrics import episode_metric, ground_truth
+from wvm.metrics import episode_metric, failure_auroc, ground_truth
+from wvm.weights import episode_summary
 from wvm.windows import EpisodeChain, label_episodes
 
 log = logging.getLogger(__name__)
 
-METRICS = ("expert_voc", "hesitation_rmse", "retry_voc")
-METRIC_TITLES = {"expert_voc": "Expert-VOC ↑", "hesitation_rmse": "Hesitation-RMSE ↓", "retry_voc": "Retry-VOC ↑"}
+METRICS = ("expert_voc", "hesitation_rmse", "retry_voc", "failure_auroc")
+METRIC_TITLES = {
+    "expert_voc": "Expert-VOC ↑",
+    "hesitation_rmse": "Hesitation-RMSE ↓",
+    "retry_voc": "Retry-VOC ↑",
+    "failure_auroc": "Failure-AUROC ↑",
+}
 RAMP = "time ramp"
 
 
@@ -59,42 +66,56 @@ def predict(handler: ValueModelHandler | None, episodes: list[BenchEpisode], bat
         return {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}
     by_key = {str(e.index): e for e in episodes}
     chains = [EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, handler.geometry) for e in episodes]
-    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch, batch_size)
+    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch_with_ood, batch_size)
     return {int(c.key): c.frame_values() for c in chains}
 
 
 def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> dict[str, float]:
+    """Per-episode metrics averaged per kind, and Failure-AUROC of the episode quality score
+    (wvm.weights.episode_summary, what users filter on) over successful vs failed episodes."""
     per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
     for e in episodes:
-        name, value = episode_metric(e.kind, predictions[e.index], e.truth, e.seg_start, e.seg_end)
-        per_metric[name].append(value)
-    return {m: float(np.mean(v)) if v else float("nan") for m, v in per_metric.items()}
+        scored = episode_metric(e.kind, predictions[e.index], e.truth, e.seg_start, e.seg_end)
+        if scored:
+            per_metric[scored[0]].append(scored[1])
+    results = {m: float(np.mean(v)) if v else float("nan") for m, v in per_metric.items()}
+    quality = [episode_summary(predictions[e.index])["quality"] for e in episodes]
+    results["failure_auroc"] = failure_auroc(np.array(quality), np.array([e.kind in SUCCESS_KINDS for e in episodes]))
+    return results
 
 
-def plot_curves(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.ndarray]], path: Path, per_kind: int = 2) -> None:
+def plot_grid(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.ndarray]], path: Path) -> None:
+    """One row per task, one column per episode kind (the task's first episode of that kind):
+    ground truth, its non-progress segment shaded, and every method's values."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [e for kind in ("expert", "hesitation", "retry") for e in [x for x in episodes if x.kind == kind][:per_kind]]
-    if not chosen:
+    tasks = sorted({e.task for e in episodes})
+    kinds = [k for k in KINDS if any(e.kind == k for e in episodes)]
+    if not tasks or not kinds:
         return
-    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 2.8), squeeze=False)
-    for ax, e in zip(axes[0], chosen):
-        ax.plot(e.truth, "k-", lw=2.5, alpha=0.35, label="ground truth")
-        for method, values in predictions.items():
-            ax.plot(values[e.index], lw=1.3, label=method)
-        if e.seg_start >= 0:
-            ax.axvspan(e.seg_start, e.seg_end, color="orange", alpha=0.12)
-        ax.set_title(f"{e.kind}: {e.task}"[:38], fontsize=8)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("frame", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=6, loc="upper left")
+    fig, axes = plt.subplots(len(tasks), len(kinds), figsize=(2.7 * len(kinds), 1.9 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        for col, kind in enumerate(kinds):
+            ax = axes[row][col]
+            e = next((x for x in episodes if x.task == task and x.kind == kind), None)
+            if e is None:
+                ax.axis("off")
+                continue
+            ax.plot(e.truth, "k-", lw=2.5, alpha=0.35, label="ground truth")
+            for method, values in predictions.items():
+                ax.plot(values[e.index], lw=1.1, label=method)
+            if e.seg_start >= 0:
+                ax.axvspan(e.seg_start, e.seg_end, color="orange", alpha=0.12)
+            ax.set_title(f"{task[:24]}: {kind}", fontsize=7)
+            ax.set_ylim(-0.05, 1.05)
+            ax.tick_params(labelsize=6)
+    axes[0][0].legend(fontsize=5, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -111,8 +132,8 @@ def evaluate(
             log.info("eval %s on %s (%d episodes)", method, bench, len(episodes))
             predictions[method] = predict(handler, episodes)
             results.setdefault(method, {})[bench] = score(episodes, predictions[method])
-        plot_curves(episodes, predictions, out / "plots" / f"{bench}.png")
-    counts = {b: {k: sum(e.kind == k for e in eps) for k in ("expert", "hesitation", "retry")} for b, eps in benches.items()}
+        plot_grid(episodes, predictions, out / "plots" / f"{bench}.png")
+    counts = {b: {k: sum(e.kind == k for e in eps) for k in KINDS} for b, eps in benches.items()}
     versions = {m: (h.version, h.checkpoint_hash) for m, h in handlers.items() if h is not None}
     (out / "metrics.json").write_text(json.dumps({"results": results, "episodes": counts, "models": versions}, indent=2))
     (out / "report.md").write_text(render_report(results, counts, versions, list(benches)))
@@ -123,12 +144,12 @@ def render_report(results: dict, counts: dict, versions: dict, benches: list[str
     lines = ["# WVM evaluation", ""]
     for bench in benches:
         c = counts[bench]
-        lines += [f"## {bench}", "", f"{c['expert']} expert, {c['hesitation']} hesitation, {c['retry']} retry episodes.", ""]
+        lines += [f"## {bench}", "", ", ".join(f"{n} {k}" for k, n in c.items()) + " episodes.", ""]
         lines += ["| method | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
         for method, per_bench in results.items():
             r = per_bench[bench]
             lines.append(f"| {method} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS) + " |")
-        lines += ["", f"![{bench}](plots/{bench}.png)", ""]
+        lines += ["", f"Per task and kind: [plots/{bench}.png](plots/{bench}.png)", ""]
     if versions:
         lines += ["Models: " + ", ".join(f"{m} = `{v}` (sha256 {h})" for m, (v, h) in versions.items()), ""]
     return "\n".join(lines)

@@ -24,9 +24,13 @@ class ValueModelHandler(ABC):
         """Acquire the model (load weights, or connect and check the server)."""
 
     @abstractmethod
-    def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        """frames uint8 (B, K, H, W, 3): [anchor,] prefix and current frames; texts: B task strings;
-        prefix float32 (B,): prefix values. Returns float32 (B, h) chunk values in [0, 1]."""
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
+        """frames uint8 (B, N, H, W, 3): each episode's samples; texts: B task strings; lengths
+        int32 (B,): real samples per episode. Returns float32 (B, N) values in [0, 1]."""
+
+    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """run_batch plus each episode's out-of-distribution score (B,) (schemas/inference.py)."""
+        raise NotImplementedError
 
     def close(self) -> None:
         pass
@@ -58,16 +62,20 @@ class LocalHandler(ValueModelHandler):
         self.checkpoint_hash = self._loaded.checkpoint_hash
         self.geometry = WindowGeometry.of(self._loaded.config)
 
-    def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
+        return self.run_batch_with_ood(frames, texts, lengths)[0]
+
+    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         from schemas.inference import check_window_batch
+        from wvm.model import predict_with_ood
 
-        check_window_batch(frames, texts, prefix, self.geometry.window_frames, max_batch=None)
-        with torch.no_grad():
-            values = self._loaded.model.predict(
-                torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),
-                self._text(list(texts)),
-                torch.from_numpy(np.asarray(prefix, dtype=np.float32)).to(self.device),
-            )
-        return values.cpu().numpy().astype(np.float32)
+        check_window_batch(frames, texts, lengths, self.geometry.window_frames, max_batch=None)
+        values, ood = predict_with_ood(
+            self._loaded.model,
+            torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),
+            self._text(list(texts)),
+            torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device),
+        )
+        return values.cpu().numpy().astype(np.float32), ood.cpu().numpy().astype(np.float32)

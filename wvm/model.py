@@ -1,24 +1,32 @@
-"""The World Value Model, small, in one file (REFERENCE §1).
+"""The World Value Model v2, small, in one file (REFERENCE §1, issue #10).
 
-A clip is 1 prefix frame + h current frames + h future frames, sampled along the episode,
-plus (in the shipped model) an anchor: the episode's first frame, clean context that grounds the present
-in the past. Without it a small model cannot tell, on a task it has never seen, whether the
-arm is moving on or moving back; with it, "further from where we started" generalises.
-Frames pass through a frozen `FrameAutoencoder` into latents. Two transformer streams share
-joint self-attention in every layer (Mixture-of-Transformers: separate weights, one attention):
+A clip is a whole episode read at N evenly spaced samples (offline relabelling sees the whole
+episode; N is fixed per model, shorter episodes use every frame and pad). Frames pass through a
+frozen `FrameAutoencoder` into latents. Two transformer streams share joint self-attention in
+every layer (Mixture-of-Transformers: separate weights, one attention):
 
-- the **video stream** (wide) reads prefix and current latents as clean context and denoises
-  the future latents (flow matching: y_t = t*y + (1-t)*eps, target velocity y - eps);
-- the **value stream** (narrow) holds a prefix value token and h chunk value tokens; the chunk
-  values are flow-matched the same way.
+- the **video stream** (wide) is a world model: it reads the first frames of the episode as
+  clean context and denoises the rest (flow matching: y_t = t*y + (1-t)*eps, target velocity
+  y - eps). Stage 1 trains it alone, on every video we have (no labels needed); stage 2 adds
+  the value stream and trains both;
+- the **value stream** (narrow) holds one value token per sample; the values are flow-matched
+  the same way.
 
-The mask is asymmetric: value tokens attend to video and value tokens; video tokens never
-attend to value tokens. We compute it as two attention calls, video->video and
-value->(video+value), which is exactly one masked joint attention and lets a large video
-backbone keep its own attention kernel.
+The mask is asymmetric: value tokens attend to video and value tokens; video tokens never attend
+to value tokens. We compute it as two attention calls, video->video and value->(video+value),
+which is exactly one masked joint attention and lets a large video backbone keep its own kernel.
 
-Inference is one Euler step from pure noise (t = 0) with a fixed noise sample, so a window's
-values are a deterministic function of its inputs, whatever the batch it arrives in.
+Why whole episodes (v1 read windows of 1 prefix + 4 current frames and chained them): on tasks
+it never saw, a windowed model had to guess absolute progress from appearance, and guessed
+badly. Over the whole episode the cues that carry across tasks are visible: a pause is frames
+that stop changing, a retry is the arm revisiting states it already passed, a failure is an
+episode that ends stalled or drifting, and the episode starts at 0. Rewinding (REFERENCE §1)
+becomes an episode edit in training (wvm.data): frozen, reversed and truncated segments spliced
+into expert episodes, labelled by the same ground-truth formulas.
+
+Inference is one Euler step from pure noise (t = 0) with a fixed noise sample, every frame
+clean, so an episode's values are a deterministic function of its frames and task text,
+whatever batch it arrives in. Each sampled frame is encoded once.
 """
 
 from __future__ import annotations
@@ -40,11 +48,8 @@ class WVMConfig:
     latent_channels: int = 8
     ae_widths: tuple[int, ...] = (32, 64, 128)  # one stride-2 stage each: 64 -> 8 px latents
     patch: int = 4  # latent patch per video token: 8x8 latents -> 2x2 = 4 tokens per frame
-    # clip
-    horizon: int = 4  # h: current frames = future frames = value chunk
-    anchor_frame: bool = False  # the episode's first frame as extra context (the shipped model uses it)
-    samples_per_episode: int = 20  # an episode is sampled evenly at this many frames (wvm.data)
-    max_sample_interval_s: float = 1.0  # ...but never sample sparser than this
+    # clip: the whole episode at this many evenly spaced samples (wvm.data.sample_positions)
+    samples_per_episode: int = 24
     # transformer
     video_width: int = 128
     value_width: int = 64
@@ -55,11 +60,16 @@ class WVMConfig:
     text_dim: int = 384  # all-MiniLM-L6-v2 sentence embeddings
     # training recipe
     video_loss_weight: float = 1.0  # lambda; 0 gives the "no video loss" ablation
-    prefix_random_p: float = 0.5
+    value_loss_weight: float = 1.0  # 0 in stage 1 (world-model pretraining)
+    clean_p: float = 0.5  # episodes seen with every frame clean (the inference condition)
+    context_min: float = 0.25  # otherwise at least this fraction of the samples is clean context
     noise_seed: int = 0
     # filled in after the autoencoder is trained: latents are normalised with these
     latent_mean: float = 0.0
     latent_std: float = 1.0
+    # per-frame autoencoder reconstruction error (MSE on [-1, 1] pixels) that 99% of the training
+    # frames stay under; an episode far above it is unlike anything the model was trained on
+    ood_reference: float = 0.0
     # provenance
     # "small" (SmallVideoBackbone), or "package.module:factory" for another video backbone:
     # factory(config) -> nn.Module with patchify / embed / head and the per-layer stream
@@ -82,18 +92,9 @@ class WVMConfig:
         return self.latent_channels * self.patch**2
 
     @property
-    def context_frames(self) -> int:
-        """Clean context before the current frames: [anchor,] prefix."""
-        return 2 if self.anchor_frame else 1
-
-    @property
-    def clip_frames(self) -> int:
-        return self.context_frames + 2 * self.horizon
-
-    @property
     def window_frames(self) -> int:
-        """Frames a caller sends per window: context + current (the future is imagined)."""
-        return self.context_frames + self.horizon
+        """Frames a caller sends per episode (padded when the episode has fewer)."""
+        return self.samples_per_episode
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,7 +104,7 @@ class WVMConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown model config keys: {sorted(unknown)} (a v1 windowed checkpoint? v2 reads whole episodes)")
         data = dict(data)
         if "ae_widths" in data:
             data["ae_widths"] = tuple(data["ae_widths"])
@@ -200,7 +201,8 @@ class StreamLayer(nn.Module):
 
 class JointLayer(nn.Module):
     """Mixture-of-Transformers layer: separate weights per stream, one joint attention with
-    the asymmetric mask (value -> video + value; video -> video only)."""
+    the asymmetric mask (value -> video + value; video -> video only). `video_keys` and
+    `value_keys` (B, 1, 1, N) say which keys are real (padding samples are not)."""
 
     def __init__(self, config: WVMConfig):
         super().__init__()
@@ -208,25 +210,26 @@ class JointLayer(nn.Module):
         self.video = StreamLayer(config.video_width, *args)
         self.value = StreamLayer(config.value_width, *args)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, video_keys: torch.Tensor, value_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         qx, kx, vx = self.video.project(x)
         qy, ky, vy = self.value.project(y)
-        video_out = F.scaled_dot_product_attention(qx, kx, vx)
-        value_out = F.scaled_dot_product_attention(qy, torch.cat([kx, ky], 2), torch.cat([vx, vy], 2))
+        video_out = F.scaled_dot_product_attention(qx, kx, vx, attn_mask=video_keys)
+        joint_keys = torch.cat([video_keys, value_keys], dim=-1)
+        value_out = F.scaled_dot_product_attention(qy, torch.cat([kx, ky], 2), torch.cat([vx, vy], 2), attn_mask=joint_keys)
         return self.video.finish(x, video_out), self.value.finish(y, value_out)
 
 
 class SmallVideoBackbone(nn.Module):
-    """Video stream: latents of the clip (+ task text, + flow time) -> video tokens, and the
-    per-layer weights the joint layers use. A large pretrained video DiT would implement the
-    same three parts (embed / layers / head) around its own blocks."""
+    """Video stream: latents of the episode (+ task text, + per-frame flow time) -> video
+    tokens, and the per-layer weights the joint layers use. A large pretrained video DiT would
+    implement the same parts (patchify / embed / head) around its own blocks."""
 
     def __init__(self, config: WVMConfig):
         super().__init__()
         w = config.video_width
         self.config = config
         self.patch_in = nn.Linear(config.patch_dim, w)
-        self.frame_pos = nn.Parameter(torch.zeros(config.clip_frames, 1, w))
+        self.frame_pos = nn.Parameter(torch.zeros(config.samples_per_episode, 1, w))
         self.patch_pos = nn.Parameter(torch.zeros(1, config.tokens_per_frame, w))
         self.text_in = nn.Linear(config.text_dim, w)
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -241,14 +244,14 @@ class SmallVideoBackbone(nn.Module):
         z = z.view(b, f, c, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6)
         return z.reshape(b, f, g * g, c * p * p)
 
-    def embed(self, patches: torch.Tensor, text: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def embed(self, patches: torch.Tensor, text: torch.Tensor, frame_t: torch.Tensor) -> torch.Tensor:
+        """patches (B, F, n, patch_dim), text (B, text_dim), frame_t (B, F) flow time per frame
+        (1 = clean) -> tokens (B, 1 + F * n, width); token 0 is the task text."""
         b, f, n, _ = patches.shape
         w = self.config.video_width
-        x = self.patch_in(patches) + self.frame_pos[:f] + self.patch_pos
-        x = x.reshape(b, f * n, w)
-        time = self.time_in(timestep_embedding(t, w))[:, None]
-        text_token = self.text_in(text)[:, None]
-        return torch.cat([text_token, x], dim=1) + time  # token 0 is the task text
+        time = self.time_in(timestep_embedding(frame_t.reshape(-1), w)).view(b, f, 1, w)
+        x = self.patch_in(patches) + self.frame_pos[:f] + self.patch_pos + time
+        return torch.cat([self.text_in(text)[:, None], x.reshape(b, f * n, w)], dim=1)
 
 
 class ValueStream(nn.Module):
@@ -256,14 +259,14 @@ class ValueStream(nn.Module):
         super().__init__()
         w = config.value_width
         self.value_in = nn.Linear(1, w)
-        self.pos = nn.Parameter(torch.zeros(1, 1 + config.horizon, w))
+        self.pos = nn.Parameter(torch.zeros(1, config.samples_per_episode, w))
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
         nn.init.normal_(self.pos, std=0.02)
 
-    def embed(self, prefix: torch.Tensor, chunk: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        values = torch.cat([prefix[:, None], chunk], dim=1)[..., None]  # (B, 1 + h, 1)
-        return self.value_in(values) + self.pos + self.time_in(timestep_embedding(t, self.pos.shape[-1]))[:, None]
+    def embed(self, values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = values.shape[1]
+        return self.value_in(values[..., None]) + self.pos[:, :n] + self.time_in(timestep_embedding(t, self.pos.shape[-1]))[:, None]
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -271,13 +274,25 @@ class ValueStream(nn.Module):
 
 @dataclass
 class Batch:
-    """A training batch of clips. Latents are normalised; values are progress in [0, 1]."""
+    """A training batch of episodes at N samples. Latents are normalised; values are progress
+    in [0, 1]; `valid` marks real samples (the rest is padding of shorter episodes)."""
 
-    latents: torch.Tensor  # (B, 1 + 2h, C, S, S)
+    latents: torch.Tensor  # (B, N, C, S, S)
     text: torch.Tensor  # (B, text_dim)
-    prefix_value: torch.Tensor  # (B,)
-    values: torch.Tensor  # (B, h) ground truth of the current frames
+    values: torch.Tensor  # (B, N) ground truth
+    valid: torch.Tensor  # (B, N) bool
     extras: dict = field(default_factory=dict)
+
+
+def valid_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
+    """(B,) numbers of real samples -> (B, n) bool."""
+    return torch.arange(n, device=lengths.device)[None] < lengths.reshape(-1, 1)
+
+
+def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the entries where mask (broadcast to pred) is true."""
+    mask = mask.to(pred.dtype).expand_as(pred)
+    return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class WorldValueModel(nn.Module):
@@ -289,12 +304,14 @@ class WorldValueModel(nn.Module):
         self.value = ValueStream(config)
         self.layers = nn.ModuleList(JointLayer(config) for _ in range(config.depth))
         generator = torch.Generator().manual_seed(config.noise_seed)
-        h, s = config.horizon, config.latent_size
         # One fixed noise sample for inference: deterministic, batch-independent outputs.
-        self.register_buffer(
-            "inference_video_noise", torch.randn(1, h, config.latent_channels, s, s, generator=generator), persistent=False
-        )
-        self.register_buffer("inference_value_noise", torch.randn(1, h, generator=generator), persistent=False)
+        self.register_buffer("inference_value_noise", torch.randn(1, config.samples_per_episode, generator=generator), persistent=False)
+
+    def video_parameters(self):
+        """The video stream's weights (backbone + its half of every joint layer)."""
+        yield from self.video.parameters()
+        for layer in self.layers:
+            yield from layer.video.parameters()
 
     # latents
 
@@ -302,61 +319,78 @@ class WorldValueModel(nn.Module):
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, F, H, W, 3) -> normalised latents (B, F, C, S, S) with the frozen encoder."""
         b, f = frames.shape[:2]
-        z = self.autoencoder.encode(preprocess(frames, self.config.image_size).reshape(b * f, 3, *([self.config.image_size] * 2)))
+        size = self.config.image_size
+        z = self.autoencoder.encode(preprocess(frames, size).reshape(b * f, 3, size, size))
         z = (z - self.config.latent_mean) / self.config.latent_std
         return z.reshape(b, f, *z.shape[1:])
+
+    @torch.no_grad()
+    def reconstruction_error(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, F, H, W, 3) -> (B, F) autoencoder MSE per frame: how unlike the training
+        frames these are (the out-of-distribution score's raw material)."""
+        b, f = frames.shape[:2]
+        size = self.config.image_size
+        x = preprocess(frames, size).reshape(b * f, 3, size, size)
+        recon = self.autoencoder.decode(self.autoencoder.encode(x))
+        return ((recon - x) ** 2).mean(dim=(1, 2, 3)).reshape(b, f)
 
     # the joint network
 
     def forward(
-        self, latents: torch.Tensor, text: torch.Tensor, prefix: torch.Tensor, chunk: torch.Tensor, t: torch.Tensor
+        self, latents: torch.Tensor, frame_t: torch.Tensor, text: torch.Tensor, values: torch.Tensor, value_t: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Velocities for the future latent patches (B, h * tokens, patch_dim) and the chunk
-        values (B, h). `latents` holds clean prefix/current and noised future latents."""
-        patches = self.video.patchify(latents)
-        x = self.video.embed(patches, text, t)
-        y = self.value.embed(prefix, chunk, t)
+        """Velocities for every latent patch (B, N, tokens, patch_dim) and every value (B, N).
+        `latents` holds clean (frame_t = 1) and noised frames; `values` the noised values."""
+        b, n = valid.shape
+        tpf = self.config.tokens_per_frame
+        x = self.video.embed(self.video.patchify(latents), text, frame_t)
+        y = self.value.embed(values, value_t)
+        frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
+        video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
+        value_keys = valid[:, None, None]
         for layer in self.layers:
-            x, y = layer(x, y)
-        n = self.config.tokens_per_frame
-        future = x[:, 1 + self.config.window_frames * n :]  # skip the text token, context and current frames
-        return self.video.head(future), self.value.head(y[:, 1:]).squeeze(-1)
+            x, y = layer(x, y, video_keys, value_keys)
+        video_velocity = self.video.head(x[:, 1:]).view(b, n, tpf, -1)
+        return video_velocity, self.value.head(y).squeeze(-1)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        b, h = batch.values.shape
+        b, n = batch.values.shape
         device = batch.latents.device
-        # Shared flow time; half the clips at t = 0, the inference condition.
-        t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
-        k = cfg.window_frames
-        context, future = batch.latents[:, :k], batch.latents[:, k:]
-        video_eps = torch.randn_like(future)
-        tb = t.view(b, 1, 1, 1, 1)
-        noised = torch.cat([context, tb * future + (1 - tb) * video_eps], dim=1)
+        lengths = batch.valid.sum(1)
+        # World model: frames after a split point are the future, noised at a shared flow time;
+        # some episodes stay fully clean, the condition the value stream sees at inference.
+        first_future = torch.ceil(cfg.context_min * lengths) + torch.rand(b, device=device) * (lengths - torch.ceil(cfg.context_min * lengths))
+        first_future = torch.where(torch.rand(b, device=device) < cfg.clean_p, lengths.float(), first_future.floor())
+        future = (torch.arange(n, device=device)[None] >= first_future[:, None]) & batch.valid
+        t_video = torch.rand(b, device=device)
+        frame_t = torch.where(future, t_video[:, None], torch.ones_like(batch.values))
+        video_eps = torch.randn_like(batch.latents)
+        ft = frame_t.view(b, n, 1, 1, 1)
+        noised = ft * batch.latents + (1 - ft) * video_eps
+        # Values: flow matched too; half the episodes at t = 0, the inference condition.
+        value_t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
         value_eps = torch.randn_like(batch.values)
-        noised_values = t[:, None] * batch.values + (1 - t[:, None]) * value_eps
-        # Prefix randomisation: the prefix value is sometimes a lie, so the model must also read
-        # progress from the frames. No loss sits on the prefix token.
-        lie = torch.rand(b, device=device) < cfg.prefix_random_p
-        prefix = torch.where(lie, torch.rand(b, device=device), batch.prefix_value)
-        video_velocity, value_velocity = self(noised, batch.text, prefix, noised_values, t)
-        target = self.video.patchify(future) - self.video.patchify(video_eps)
-        video_loss = F.mse_loss(video_velocity, target.reshape(b, -1, cfg.patch_dim))
-        value_loss = F.mse_loss(value_velocity, batch.values - value_eps)
-        total = value_loss + cfg.video_loss_weight * video_loss
+        noised_values = value_t[:, None] * batch.values + (1 - value_t[:, None]) * value_eps
+        video_velocity, value_velocity = self(noised, frame_t, batch.text, noised_values, value_t, batch.valid)
+        target = self.video.patchify(batch.latents) - self.video.patchify(video_eps)
+        video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
+        value_loss = _masked_mse(value_velocity, batch.values - value_eps, batch.valid)
+        total = cfg.value_loss_weight * value_loss + cfg.video_loss_weight * video_loss
         return total, {"loss": total.item(), "value": value_loss.item(), "video": video_loss.item()}
 
     @torch.no_grad()
-    def predict(self, frames: torch.Tensor, text: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """One-step inference. frames: uint8 (B, window_frames, H, W, 3): [anchor,] prefix and current frames;
-        text: (B, text_dim); prefix: (B,) prefix values. Returns (B, h) values in [0, 1]."""
-        b = frames.shape[0]
-        context = self.encode_frames(frames)
-        noise = self.inference_video_noise.expand(b, -1, -1, -1, -1)
-        t = torch.zeros(b, device=frames.device)
-        value_noise = self.inference_value_noise.expand(b, -1)
-        _, velocity = self(torch.cat([context, noise], dim=1), text, prefix, value_noise, t)
-        return (value_noise + velocity).clamp(0.0, 1.0)
+    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One-step inference. frames: uint8 (B, N, H, W, 3), the episode's samples (padded
+        after `lengths` (B,) real ones); text: (B, text_dim). Returns (B, N) values in [0, 1]
+        (padding positions are 0)."""
+        b, n = frames.shape[:2]
+        valid = valid_mask(lengths, n)
+        latents = self.encode_frames(frames)
+        noise = self.inference_value_noise[:, :n].expand(b, -1)
+        zero = torch.zeros(b, device=frames.device)
+        _, velocity = self(latents, torch.ones(b, n, device=frames.device), text, noise, zero, valid)
+        return ((noise + velocity).clamp(0.0, 1.0) * valid).float()
 
 
 class StaticValueModel(nn.Module):
@@ -374,28 +408,43 @@ class StaticValueModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
     encode_frames = WorldValueModel.encode_frames
+    reconstruction_error = WorldValueModel.reconstruction_error
+
+    def video_parameters(self):
+        return iter(())
 
     def forward(self, latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """latents (B, 1, C, S, S) -> value (B,)."""
-        x = self.video.embed(self.video.patchify(latents), text, torch.zeros(latents.shape[0], device=latents.device))
+        b = latents.shape[0]
+        x = self.video.embed(self.video.patchify(latents), text, torch.ones(b, 1, device=latents.device))
         return self.head(self.encoder(x)[:, 0]).squeeze(-1)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
-        # every current frame of the clip is one independent training example
-        b, h = batch.values.shape
-        c = self.config.context_frames
-        latents = batch.latents[:, c : c + h].reshape(b * h, 1, *batch.latents.shape[2:])
-        text = batch.text.repeat_interleave(h, dim=0)
-        loss = F.mse_loss(self(latents, text), batch.values.reshape(-1))
+        # every real sample of the episode is one independent training example
+        keep = batch.valid.reshape(-1)
+        latents = batch.latents.reshape(-1, 1, *batch.latents.shape[2:])[keep]
+        text = batch.text.repeat_interleave(batch.valid.shape[1], dim=0)[keep]
+        loss = F.mse_loss(self(latents, text), batch.values.reshape(-1)[keep])
         return loss, {"loss": loss.item(), "value": loss.item(), "video": 0.0}
 
     @torch.no_grad()
-    def predict(self, frames: torch.Tensor, text: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        h = self.config.horizon
-        b = frames.shape[0]
-        latents = self.encode_frames(frames[:, -h:]).reshape(b * h, 1, -1, *([self.config.latent_size] * 2))
-        values = self(latents, text.repeat_interleave(h, dim=0)).reshape(b, h)
-        return values.clamp(0.0, 1.0)
+    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, n = frames.shape[:2]
+        latents = self.encode_frames(frames).reshape(b * n, 1, -1, *([self.config.latent_size] * 2))
+        values = self(latents, text.repeat_interleave(n, dim=0)).reshape(b, n)
+        return (values.clamp(0.0, 1.0) * valid_mask(lengths, n)).float()
+
+
+@torch.no_grad()
+def predict_with_ood(model: nn.Module, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values (B, N) and each episode's out-of-distribution score (B,): the mean reconstruction
+    error of its real frames over `ood_reference` (about 1 or less for frames like the training
+    data; 0 when the checkpoint has no reference)."""
+    values = model.predict(frames, text, lengths)
+    valid = valid_mask(lengths, frames.shape[1]).float()
+    error = (model.reconstruction_error(frames) * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    reference = model.config.ood_reference
+    return values, (error / reference if reference > 0 else torch.zeros_like(error)).float()
 
 
 def make_video_backbone(config: WVMConfig) -> nn.Module:

@@ -1,5 +1,12 @@
 """`wvm train`: the frame autoencoder first, then the two-stream model on frozen latents.
 
+The WVM recipe has two stages, each one `wvm train` run (issue #10):
+1. world-model pretraining: `value_loss_weight` 0, so only the video stream learns, to predict
+   the rest of an episode's latents from its start, on every video we have (labels not needed);
+2. joint training: `init_from` the stage-1 checkpoint; the value stream joins. The paper's
+   ablations are configs: no stage 1 ("video stream from scratch"), `freeze_video`, and
+   `video_loss_weight` 0 ("no video loss").
+
 A run directory holds the config, `log.jsonl` (one line per logged step), `checkpoints/latest`
 (model + optimizer + RNG, for resume) and `final` (the deliverable checkpoint).
 """
@@ -19,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from wvm.checkpoint import CheckpointError, load_model, save_model
-from wvm.data import ClipSampler, TrainingEpisode, augment, load_episodes
+from wvm.data import EpisodeSampler, TrainingEpisode, augment, load_episodes
 from wvm.model import Batch, WVMConfig, build_model, preprocess
 from wvm.text import TextEncoder
 
@@ -51,6 +58,9 @@ class TrainConfig:
     warmup: int = 200
     aug_variants: int = 4  # augmented views per episode, encoded once
     init_autoencoder: str | None = None  # reuse this checkpoint's frozen encoder, skip that phase
+    init_from: str | None = None  # start from all of this checkpoint's weights (stage 2 from stage 1)
+    freeze_video: bool = False  # train the value stream only (the "frozen video stream" ablation)
+    edit_p: float = 0.5  # expert episodes spliced with a pause, retry or failure (wvm.data.edit_episode)
     text_dropout: float = 0.1
     checkpoint_every: int = 500
     log_every: int = 50
@@ -137,12 +147,16 @@ class Trainer:
             torch.set_rng_state(tensors["torch_rng"])
         if model is None:
             model = build_model(self.model_config).to(self.device)
-            if cfg.init_autoencoder:
-                # Baselines share the main model's frozen encoder (same latents, fair comparison).
-                donor = load_model(cfg.init_autoencoder, device=str(self.device))
-                model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict())
-                self.model_config.latent_mean = donor.config.latent_mean
-                self.model_config.latent_std = donor.config.latent_std
+            if cfg.init_from or cfg.init_autoencoder:
+                # Stage 2 starts from stage 1's weights; baselines share the main model's frozen
+                # encoder (same latents, fair comparison).
+                donor = load_model(cfg.init_from or cfg.init_autoencoder, device=str(self.device))
+                if cfg.init_from:
+                    model.load_state_dict(donor.model.state_dict())
+                else:
+                    model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict())
+                for key in ("latent_mean", "latent_std", "ood_reference"):
+                    setattr(self.model_config, key, getattr(donor.config, key))
                 phase = "value"
         views = self._views(episodes)
         if phase == "autoencoder":
@@ -213,37 +227,49 @@ class Trainer:
         if mc.latent_std == 1.0 and mc.latent_mean == 0.0:  # first time: fix the normalisation
             mc.latent_mean = float(latents[0].mean())
             mc.latent_std = float(latents[0].std())
+        if not mc.ood_reference:
+            mc.ood_reference = self._ood_reference(model, views[0])
         return ((latents - mc.latent_mean) / mc.latent_std).half()
+
+    @torch.no_grad()
+    def _ood_reference(self, model, frames: torch.Tensor, count: int = 4096) -> float:
+        """The reconstruction error 99% of (a sample of) the training frames stay under."""
+        pick = torch.from_numpy(np.random.default_rng(self.config.seed).choice(len(frames), min(count, len(frames)), replace=False))
+        errors = torch.cat([model.reconstruction_error(b[:, None].to(self.device)).cpu().reshape(-1) for b in frames[pick].split(512)])
+        return float(torch.quantile(errors, 0.99))
 
     def _train_value(self, model, episodes: list[TrainingEpisode], views: torch.Tensor, rng, start: int, tensors) -> None:
         cfg, mc = self.config, self.model_config
         latents = self._encode_views(model, views)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
-        sampler = ClipSampler(episodes, mc.horizon, mc.samples_per_episode, mc.max_sample_interval_s, mc.anchor_frame)
-        trainable = [p for n, p in model.named_parameters() if not n.startswith("autoencoder.")]
-        for p in model.autoencoder.parameters():
-            p.requires_grad_(False)
+        sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p)
+        frozen = {id(p) for p in model.autoencoder.parameters()}
+        if cfg.freeze_video:
+            frozen |= {id(p) for p in model.video_parameters()}
+        if mc.kind == "wvm" and mc.value_loss_weight == 0:  # stage 1: the value stream is idle
+            frozen |= {id(p) for p in model.value.parameters()} | {id(p) for layer in model.layers for p in layer.value.parameters()}
+        trainable = [p for p in model.parameters() if id(p) not in frozen]
+        for p in model.parameters():
+            p.requires_grad_(id(p) not in frozen)
         optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if tensors:
             self._restore_optimizer(optimizer, tensors)
         model.train()
         model.autoencoder.eval()
-        h, c = mc.horizon, mc.context_frames
         started = time.monotonic()
-        bar = tqdm(range(start, cfg.steps), desc=f"train {mc.kind}", initial=start, total=cfg.steps, disable=not self.progress)
+        stage = "world model" if mc.kind == "wvm" and mc.value_loss_weight == 0 else mc.kind
+        bar = tqdm(range(start, cfg.steps), desc=f"train {stage}", initial=start, total=cfg.steps, disable=not self.progress)
         for step in bar:
-            ids, frame_idx, values = sampler.sample(cfg.batch_size, rng)
+            ids, frame_idx, values, valid = sampler.sample(cfg.batch_size, rng)
             view = rng.integers(0, cfg.aug_variants, cfg.batch_size)
-            clip_latents = latents[view[:, None], frame_idx].float()
             text = task_embedding[ids].clone()
             text[rng.random(cfg.batch_size) < cfg.text_dropout] = 0.0
-            values = torch.from_numpy(values)
             batch = Batch(
-                latents=clip_latents.to(self.device),
+                latents=latents[view[:, None], frame_idx].float().to(self.device),
                 text=text.to(self.device),
-                prefix_value=values[:, c - 1].to(self.device),
-                values=values[:, c : c + h].to(self.device),
+                values=torch.from_numpy(values).to(self.device),
+                valid=torch.from_numpy(valid).to(self.device),
             )
             for group in optimizer.param_groups:
                 group["lr"] = self._schedule(step, cfg.steps, cfg.lr)
@@ -254,9 +280,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                record = {"phase": mc.kind, "step": step, **info, "lr": optimizer.param_groups[0]["lr"]}
+                record = {"phase": stage, "step": step, **info, "lr": optimizer.param_groups[0]["lr"]}
                 self._log({**record, "elapsed_s": round(time.monotonic() - started, 1)})
-                bar.set_postfix(loss=f"{info['loss']:.4f}", value=f"{info['value']:.4f}")
+                bar.set_postfix(loss=f"{info['loss']:.4f}", value=f"{info['value']:.4f}", video=f"{info['video']:.4f}")
             if step and step % cfg.checkpoint_every == 0:
                 self._save("latest", model, optimizer, "value", step + 1, rng)
         model.eval()

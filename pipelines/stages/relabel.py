@@ -178,7 +178,7 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
         def fetch(chain: EpisodeChain, indices: np.ndarray) -> np.ndarray:
             return images[chain.key][np.searchsorted(chain.samples, indices)]
 
-        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.run_batch, self.batch_size)
+        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.run_batch_with_ood, self.batch_size)
         by_id = {e.episode_id: e for e in task.episodes}
         frames, sidecar, episodes, progress = [], [], [], []
         stamps = {
@@ -232,6 +232,8 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
                     "length": n,
                     "fps": episode.fps,
                     **episode_summary(values),
+                    "ood_score": chain.ood,
+                    "trusted": bool(chain.ood <= spec.OOD_TRUST_LIMIT),
                     "partition_id": task.partition_id,
                     "progress_path": f"{spec.PROGRESS_DIR}/{task.partition_id}/{self.run_id}",
                     "progress_offset": episode.offset,
@@ -248,5 +250,4 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
             if sidecar:
                 labels.write_part(spec.SIDECAR_PARTS_DIR, task.partition_id, conform(pa.concat_tables(sidecar), spec.SIDECAR, "sidecar"))
             labels.commit(task.partition_id, pa.Table.from_pylist(episodes))
-        windows = sum(c.windows for c in chains)
-        return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), windows, failures)
+        return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), len(chains), failures)

@@ -8,8 +8,13 @@ episode, so the model sees several execution speeds), and one of three kinds:
               recorded frames, then the policy goes on
 - retry:      at frame m the last x frames' xyz actions are replayed negated in reverse order, so
               the arm (and whatever it holds) moves back; then the policy redoes the work
+- failed:     at frame m the policy is replaced so the task is never completed: the arm stalls
+              (holds still), drifts off (moves steadily in a random direction) or drops what it
+              holds (opens the gripper and lifts away); the episode lasts as long as the same
+              seed's expert episode
 
-Only successful episodes are kept. Ground truth follows REFERENCE §2 (wvm.metrics.ground_truth)
+Expert, hesitation and retry episodes are kept only if they succeed; failed ones only if they
+do not. Ground truth follows REFERENCE §2 (wvm.metrics.ground_truth)
 and is written beside the dataset as `<out>.labels.parquet` (schemas.ground_truth).
 
 Rendering is the slow part (software OpenGL): the 4096-px shadow map Meta-World asks for costs
@@ -127,10 +132,13 @@ class _TaskSimulator:
         return None
 
     def rollout(self, plan: EpisodePlan, every: int, seg: tuple[int, int] | None) -> Rollout | None:
-        """Render one episode; `seg` = (m, x) puts x non-progress frames right after frame m.
+        """Render one episode; `seg` = (m, x) puts x non-progress frames right after frame m
+        (for a failed episode: the work stops after frame m and the episode ends at x frames).
 
         The action stored with a frame is the one that led to it (zeros for frame 0).
         """
+        if plan.kind == "failed":
+            return self._failed_rollout(plan, every, *seg)
         obs, _ = self.env.reset(seed=plan.seed)
         images, states, actions, history = [], [], [], []
 
@@ -168,6 +176,38 @@ class _TaskSimulator:
         return None
 
 
+    def _failed_rollout(self, plan: EpisodePlan, every: int, m: int, length: int) -> Rollout | None:
+        """The expert until frame m, then a failure mode until `length` frames; None if the
+        task succeeds anyway."""
+        rng = np.random.default_rng([plan.seed, 7])
+        mode = ("stall", "drift", "drop")[int(rng.integers(0, 3))]
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        obs, _ = self.env.reset(seed=plan.seed)
+        images, states, actions = [self.env.render()[::-1].copy()], [obs[:4].astype(np.float32)], [np.zeros(4, np.float32)]
+        last = np.zeros(4, np.float32)
+        step = 0
+        while len(images) < length:
+            step += 1
+            if len(images) <= m:
+                a = np.asarray(self.policy.get_action(obs), dtype=np.float32)
+                last = a
+            elif mode == "stall":
+                a = np.array([0, 0, 0, last[3]], np.float32)
+            elif mode == "drift":
+                a = np.append(0.6 * direction + 0.1 * rng.normal(size=3), last[3]).astype(np.float32)
+            else:  # drop: open the gripper and lift away
+                a = np.array([0.0, 0.0, 0.5, -1.0], np.float32)
+            obs, _, _, _, info = self.env.step(np.clip(a, -1, 1))
+            if info["success"]:
+                return None
+            if step % every == 0:
+                images.append(self.env.render()[::-1].copy())
+                states.append(obs[:4].astype(np.float32))
+                actions.append(a)
+        return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), m, length - 1)
+
+
 def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[Rollout]:
     config, task, plans = args
     sim = _TaskSimulator(task, config.size, config.camera, config.max_steps)
@@ -190,6 +230,9 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
                 x = int(rng.integers(max(2, length // 6), max(3, length // 3) + 1))
                 m = int(rng.integers(x, max(x + 1, int(0.8 * length))))
                 seg = (m, x)
+            elif plan.kind == "failed":
+                m = int(rng.integers(max(1, int(0.2 * length)), max(2, int(0.8 * length))))
+                seg = (m, length)
             try:
                 rollout = sim.rollout(EpisodePlan(task, plan.kind, seed), every, seg)
             except Exception as exc:  # a simulator hiccup costs one episode, not the whole job

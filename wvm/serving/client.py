@@ -99,17 +99,12 @@ class TritonHandler(ValueModelHandler):
             await asyncio.sleep(0.5)
         config = (await self._client.get_model_config(self.model, as_json=True))["config"]
         params = {k: v.get("stringValue", v.get("string_value")) for k, v in config.get("parameters", {}).items()}
-        self.geometry = WindowGeometry(
-            horizon=int(params["horizon"]),
-            samples_per_episode=int(params["samples_per_episode"]),
-            max_sample_interval_s=float(params["max_sample_interval_s"]),
-            anchor_frame=params.get("anchor_frame", "false").lower() == "true",
-        )
+        self.geometry = WindowGeometry(samples_per_episode=int(params["samples_per_episode"]))
         self.max_batch = int(config.get("maxBatchSize", config.get("max_batch_size")) or contract.MAX_BATCH)
         self.request_size = min(self.request_size, self.max_batch)
         # one tiny request tells the version before any real work
         probe = np.zeros((1, self.geometry.window_frames, contract.MIN_SIDE, contract.MIN_SIDE, 3), np.uint8)
-        await self._infer(probe, ["version probe"], np.zeros(1, np.float32))
+        await self._infer(probe, ["version probe"], np.ones(1, np.int32))
         log.info("Triton %s serves %s version %s", self.url, self.model, self.version)
 
     def close(self) -> None:
@@ -124,27 +119,30 @@ class TritonHandler(ValueModelHandler):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def run_batch(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
-        contract.check_window_batch(frames, texts, prefix, self.geometry.window_frames, max_batch=None)
-        return self._run(self.run_batch_async(frames, texts, prefix))
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
+        return self.run_batch_with_ood(frames, texts, lengths)[0]
 
-    async def run_batch_async(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        contract.check_window_batch(frames, texts, lengths, self.geometry.window_frames, max_batch=None)
+        return self._run(self.run_batch_async(frames, texts, lengths))
+
+    async def run_batch_async(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         starts = range(0, len(frames), self.request_size)
         parts = await asyncio.gather(
-            *(self._infer(frames[s : s + self.request_size], texts[s : s + self.request_size], prefix[s : s + self.request_size]) for s in starts)
+            *(self._infer(frames[s : s + self.request_size], texts[s : s + self.request_size], lengths[s : s + self.request_size]) for s in starts)
         )
-        return np.concatenate(parts)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    async def _infer(self, frames: np.ndarray, texts: list[str], prefix: np.ndarray) -> np.ndarray:
+    async def _infer(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = [
             grpcclient.InferInput(contract.FRAMES, list(frames.shape), "UINT8"),
             grpcclient.InferInput(contract.TASK, [len(texts), 1], "BYTES"),
-            grpcclient.InferInput(contract.PREFIX_VALUE, [len(texts), 1], "FP32"),
+            grpcclient.InferInput(contract.LENGTH, [len(texts), 1], "INT32"),
         ]
         inputs[0].set_data_from_numpy(np.ascontiguousarray(frames))
         inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-        inputs[2].set_data_from_numpy(np.asarray(prefix, np.float32).reshape(-1, 1))
-        outputs = [grpcclient.InferRequestedOutput(contract.VALUES), grpcclient.InferRequestedOutput(contract.MODEL_VERSION)]
+        inputs[2].set_data_from_numpy(np.asarray(lengths, np.int32).reshape(-1, 1))
+        outputs = [grpcclient.InferRequestedOutput(name) for name in (contract.VALUES, contract.OOD, contract.MODEL_VERSION)]
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -164,7 +162,7 @@ class TritonHandler(ValueModelHandler):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         self._check_version({v.decode() for v in result.as_numpy(contract.MODEL_VERSION).reshape(-1)})
-        return result.as_numpy(contract.VALUES).astype(np.float32)
+        return result.as_numpy(contract.VALUES).astype(np.float32), result.as_numpy(contract.OOD).reshape(-1).astype(np.float32)
 
     def _check_version(self, answers: set[str]) -> None:
         if len(answers) != 1:

@@ -98,7 +98,7 @@ def prepare_stub_env() -> Path:
 
 
 def write_repository(checkpoint: str, base: Path = DEFAULT_REPOSITORY) -> Path:
-    """A copy of the model repository that serves `checkpoint`, with the windowing parameters
+    """A copy of the model repository that serves `checkpoint`, with the request geometry
     of config.pbtxt taken from the checkpoint's config."""
     from wvm.checkpoint import load_model
 
@@ -107,17 +107,14 @@ def write_repository(checkpoint: str, base: Path = DEFAULT_REPOSITORY) -> Path:
     shutil.copytree(base, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     params = {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "horizon": str(config.horizon),
         "samples_per_episode": str(config.samples_per_episode),
-        "max_sample_interval_s": str(config.max_sample_interval_s),
-        "anchor_frame": str(config.anchor_frame).lower(),
     }
     for path in [target / "wvm" / "config.pbtxt", *(target / "wvm" / "configs").glob("*.pbtxt")]:
         text = path.read_text()
         for key, value in params.items():
             text = re.sub(rf'(key: "{key}" value: {{ string_value: )"[^"]*"', rf'\1"{value}"', text)
         text = re.sub(r"dims: \[ \d+, -1, -1, 3 \]", f"dims: [ {config.window_frames}, -1, -1, 3 ]", text)
-        text = re.sub(r'(name: "VALUES" data_type: TYPE_FP32 dims: \[ )\d+', rf"\g<1>{config.horizon}", text)
+        text = re.sub(r'(name: "VALUES" data_type: TYPE_FP32 dims: \[ )\d+', rf"\g<1>{config.window_frames}", text)
         path.write_text(text)
     return target
 

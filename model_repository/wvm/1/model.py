@@ -20,6 +20,7 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from schemas import inference as contract
 from wvm.checkpoint import load_model
+from wvm.model import predict_with_ood
 from wvm.text import TextEncoder
 
 
@@ -42,12 +43,7 @@ class TritonPythonModel:
         self.loaded = load_model(checkpoint, device=device)
         self.device = device
         model_config = self.loaded.config
-        declared = {
-            "horizon": int(params.get("horizon", model_config.horizon)),
-            "samples_per_episode": int(params.get("samples_per_episode", model_config.samples_per_episode)),
-            "max_sample_interval_s": float(params.get("max_sample_interval_s", model_config.max_sample_interval_s)),
-            "anchor_frame": params.get("anchor_frame", str(model_config.anchor_frame)).lower() == "true",
-        }
+        declared = {"samples_per_episode": int(params.get("samples_per_episode", model_config.samples_per_episode))}
         actual = {k: getattr(model_config, k) for k in declared}
         frames_dims = next(i["dims"] for i in config["input"] if i["name"] == contract.FRAMES)
         if declared != actual or int(frames_dims[0]) != model_config.window_frames:
@@ -62,15 +58,15 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        valid = []  # (request number, frames, texts, prefix)
+        valid = []  # (request number, frames, texts, lengths)
         for i, request in enumerate(requests):
             try:
                 frames = _input(request, contract.FRAMES)
-                prefix = _input(request, contract.PREFIX_VALUE).reshape(-1).float()
+                lengths = _input(request, contract.LENGTH).reshape(-1)
                 tasks = pb_utils.get_input_tensor_by_name(request, contract.TASK).as_numpy().reshape(-1)
                 texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tasks]
-                contract.check_window_batch(frames.cpu().numpy(), texts, prefix.cpu().numpy(), self.window_frames)
-                valid.append((i, frames, texts, prefix))
+                contract.check_window_batch(frames.cpu().numpy(), texts, lengths.cpu().numpy(), self.window_frames)
+                valid.append((i, frames, texts, lengths.long()))
             except Exception as exc:  # noqa: BLE001 - every problem becomes this request's error
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
         by_shape: dict[tuple, list] = {}
@@ -80,8 +76,8 @@ class TritonPythonModel:
             try:
                 frames = torch.cat([g[1] for g in group]).to(self.device)
                 texts = [t for g in group for t in g[2]]
-                prefix = torch.cat([g[3] for g in group]).to(self.device)
-                values = self.loaded.model.predict(frames, self.text(texts), prefix).float().contiguous()
+                lengths = torch.cat([g[3] for g in group]).to(self.device)
+                values, ood = predict_with_ood(self.loaded.model, frames, self.text(texts), lengths)
             except Exception as exc:  # noqa: BLE001
                 for g in group:
                     responses[g[0]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
@@ -93,6 +89,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[
                         pb_utils.Tensor.from_dlpack(contract.VALUES, to_dlpack(values[start : start + n].cpu().contiguous())),
+                        pb_utils.Tensor.from_dlpack(contract.OOD, to_dlpack(ood[start : start + n, None].cpu().contiguous())),
                         pb_utils.Tensor(contract.MODEL_VERSION, version),
                     ]
                 )
