@@ -5,7 +5,7 @@
 On one machine, in one run, on the same data (metaworld_mini's 18 episodes, written again as
 LeRobot v3 datasets of 1x and `scale`x the episodes):
 - decode-only: read each episode's frame table and decode the frames the model samples
-- model-only:  run every window through the model, frames already in memory
+- model-only:  run every episode request through the model, frames already in memory
 - end-to-end:  `wvm relabel` (local engine, in-process model), outputs written
 The pipeline goal is end-to-end >= 0.8x the slower of the two parts (the stages overlap).
 Peak memory: `wvm relabel` in a child process on the 1x and the scale-x dataset (max RSS),
@@ -48,7 +48,7 @@ def model_only(handler, sampled: dict) -> float:
     chains = [EpisodeChain(c.key, c.length, c.fps, c.text, c.geometry) for c, _ in sampled.values()]
     images = {str(k): f for k, (_, f) in sampled.items()}
     start = time.perf_counter()
-    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.run_batch, 64)
+    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.run_batch_with_ood, 64)
     return time.perf_counter() - start
 
 

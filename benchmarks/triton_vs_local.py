@@ -1,8 +1,8 @@
-"""Throughput and latency of the model through Triton vs in-process, on the same windows.
+"""Throughput and latency of the model through Triton vs in-process, on the same episode requests.
 
     python benchmarks/triton_vs_local.py [--repeat 4] [--out benchmarks/results/triton_vs_local.json]
 
-Windows are every window the pipeline sends when labelling metaworld_mini (real AV1 frames),
+Requests are every episode request the pipeline sends when labelling metaworld_mini (real AV1 frames),
 repeated. Both sides use the shipped checkpoint and the same torch thread count; the server
 runs the project's model repository unchanged. One run measures both, side by side.
 """
@@ -30,15 +30,15 @@ from wvm.windows import EpisodeChain
 
 
 def collect_windows(handler, repeat: int):
-    frames, texts = [], []
+    """The request of every episode (one per episode: its samples), `repeat` times over."""
+    frames, texts, lengths = [], [], []
     for e in load_bench(str(METAWORLD_MINI)):
         chain = EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, handler.geometry)
-        for w in range(chain.windows):
-            frames.append(e.frames[chain.indices(w)])
-            texts.append(e.task)
-    frames = np.stack(frames * repeat)
-    prefix = np.random.default_rng(0).random(len(frames)).astype(np.float32)
-    return frames, texts * repeat, prefix
+        indices, count = chain.request()
+        frames.append(e.frames[indices])
+        texts.append(e.task)
+        lengths.append(count)
+    return np.stack(frames * repeat), texts * repeat, np.array(lengths * repeat, np.int32)
 
 
 def timed(fn, *args) -> float:
@@ -56,13 +56,13 @@ def main() -> None:
 
     local = LocalHandler()
     local.load()
-    frames, texts, prefix = collect_windows(local, args.repeat)
+    frames, texts, lengths = collect_windows(local, args.repeat)
     n = len(frames)
     frames_per_window = frames.shape[1]
 
     def run_local():
         for s in range(0, n, args.batch):
-            local.run_batch(frames[s : s + args.batch], texts[s : s + args.batch], prefix[s : s + args.batch])
+            local.run_batch(frames[s : s + args.batch], texts[s : s + args.batch], lengths[s : s + args.batch])
 
     run_local()  # warm-up
     local_before = timed(run_local)
@@ -72,14 +72,14 @@ def main() -> None:
         sweep = []
         for in_flight in (1, 2, 4, 8, 16):
             with TritonHandler(server.grpc_url, max_in_flight=in_flight, request_size=16) as remote:
-                remote.run_batch(frames[:64], texts[:64], prefix[:64])  # warm-up
+                remote.run_batch(frames[:64], texts[:64], lengths[:64])  # warm-up
                 remote.latencies.clear()
                 before = remote.server_metrics()
 
                 def run_remote():
                     # the pipeline's pattern: a large batch of windows per lockstep, split into requests
                     for s in range(0, n, 256):
-                        remote.run_batch(frames[s : s + 256], texts[s : s + 256], prefix[s : s + 256])
+                        remote.run_batch(frames[s : s + 256], texts[s : s + 256], lengths[s : s + 256])
 
                 seconds = timed(run_remote)
                 after = remote.server_metrics()

@@ -141,10 +141,16 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
                                                       mean_quality=("quality", "mean")).reset_index()
         if len(episodes) else pd.DataFrame()
     )  # fmt: skip
+    untrusted = (
+        episodes[~episodes["trusted"]].sort_values("ood_score", ascending=False)
+        if len(episodes) and "trusted" in episodes
+        else pd.DataFrame()
+    )
     summary = {
         "generated_at": utcnow().isoformat(),
         "versions": versions_used,
         "episodes": int(len(episodes)),
+        "untrusted": int(len(untrusted)),
         "frames": int(episodes["length"].sum()) if len(episodes) else 0,
         "mean_quality": float(episodes["quality"].mean()) if len(episodes) else None,
         "failures": int(len(failures)),
@@ -154,7 +160,7 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         },
     }
     (out / "report.json").write_text(json.dumps(summary, indent=2))
-    (out / "report.html").write_text(_html(title, summary, images, counts, failures, changes))
+    (out / "report.html").write_text(_html(title, summary, images, counts, failures, changes, untrusted))
     return {**summary, "html": str(out / "report.html")}
 
 
@@ -170,15 +176,23 @@ def _table(frame: pd.DataFrame, columns: list[str], limit: int = 200) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-def _html(title, summary, images, counts, failures, changes) -> str:
+def _html(title, summary, images, counts, failures, changes, untrusted) -> str:
     style = "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;font-size:0.85em}" \
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}img{max-width:100%}"  # fmt: skip
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{summary['episodes']} episodes, {summary['frames']} frames, mean quality "
              f"{summary['mean_quality'] if summary['mean_quality'] is None else round(summary['mean_quality'], 3)}, "
-             f"{summary['failures']} failures. Models: {html.escape(json.dumps(summary['versions']))}. "
+             f"{summary['failures']} failures, {summary['untrusted']} episodes flagged untrusted. Models: {html.escape(json.dumps(summary['versions']))}. "
              f"Generated {summary['generated_at']}.</p>"]  # fmt: skip
+    if len(untrusted):
+        parts.append(
+            f"<h2>Labels not to trust: {len(untrusted)} episodes unlike the model's training data</h2>"
+            f"<p>Their frames' out-of-distribution score is above {spec.OOD_TRUST_LIMIT} (1 = as unfamiliar as the "
+            "least familiar 1% of training frames). Their labels are written, flagged <code>trusted = false</code> in "
+            "episodes.parquet; check them before training on them.</p>"
+            + _table(untrusted, ["source", "episode_index", "task", "embodiment", "ood_score", "quality"], 50)
+        )
     for caption, path in images:
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{path}'>")
     parts.append("<h2>Episodes per embodiment and task</h2>" + _table(counts, ["embodiment", "task", "episodes", "frames", "mean_quality"]))

@@ -23,36 +23,38 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def windows(shipped_checkpoint):
-    """Every window the model sees when labelling metaworld_mini (real AV1-decoded frames)."""
+    """The request of every episode of metaworld_mini (real AV1-decoded frames), four times over
+    (72 requests: enough to fill the server's batches)."""
     local = LocalHandler(str(shipped_checkpoint))
     local.load()
-    frames, texts, prefix = [], [], []
-    rng = np.random.default_rng(0)
+    frames, texts, lengths = [], [], []
     for e in load_bench(str(METAWORLD_MINI)):
         chain = EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, local.geometry)
-        for w in range(chain.windows):
-            frames.append(e.frames[chain.indices(w)])
-            texts.append(e.task)
-            prefix.append(rng.random())
-    return local, np.stack(frames), texts, np.array(prefix, np.float32)
+        indices, count = chain.request()
+        frames.append(e.frames[indices])
+        texts.append(e.task)
+        lengths.append(count)
+    return local, np.stack(frames * 4), texts * 4, np.array(lengths * 4, np.int32)
 
 
 def test_triton_values_equal_in_process_values(triton_server, windows):
-    local, frames, texts, prefix = windows
+    local, frames, texts, lengths = windows
     with TritonHandler(triton_server.grpc_url) as remote:
         assert (remote.version, remote.checkpoint_hash) == (local.version, local.checkpoint_hash)
         assert remote.geometry == local.geometry
-        got = remote.run_batch(frames, texts, prefix)
-    expected = np.concatenate([local.run_batch(frames[i : i + 64], texts[i : i + 64], prefix[i : i + 64]) for i in range(0, len(frames), 64)])
-    assert got.shape == (len(frames), 4)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+        got, ood = remote.run_batch_with_ood(frames, texts, lengths)
+    parts = [local.run_batch_with_ood(frames[i : i + 64], texts[i : i + 64], lengths[i : i + 64]) for i in range(0, len(frames), 64)]
+    assert got.shape == (len(frames), local.geometry.samples_per_episode) and ood.shape == (len(frames),)
+    np.testing.assert_allclose(got, np.concatenate([p[0] for p in parts]), atol=1e-5)
+    np.testing.assert_allclose(ood, np.concatenate([p[1] for p in parts]), rtol=1e-4)
+    assert np.all(ood > 0)  # the shipped checkpoint has an OOD reference
 
 
 def test_server_batches_concurrent_requests(triton_server, windows):
-    _, frames, texts, prefix = windows
+    _, frames, texts, lengths = windows
     with TritonHandler(triton_server.grpc_url, request_size=1, max_in_flight=32) as remote:
         before = remote.server_metrics()
-        remote.run_batch(frames[:64], texts[:64], prefix[:64])  # 64 single-window requests at once
+        remote.run_batch(frames[:64], texts[:64], lengths[:64])  # 64 single-episode requests at once
         # The server counts a request once its execution has finished, which can be just after
         # the client has the response: give the counters a moment to catch up.
         deadline = time.monotonic() + 10
@@ -64,16 +66,16 @@ def test_server_batches_concurrent_requests(triton_server, windows):
     assert executions < requests, f"{executions} executions for {requests} requests: no dynamic batching"
 
 
-def _infer(url, frames, task, prefix, frames_dtype="UINT8"):
+def _infer(url, frames, task, lengths, frames_dtype="UINT8"):
     client = grpcclient.InferenceServerClient(url)
     inputs = [
         grpcclient.InferInput(contract.FRAMES, list(frames.shape), frames_dtype),
         grpcclient.InferInput(contract.TASK, [len(task), 1], "BYTES"),
-        grpcclient.InferInput(contract.PREFIX_VALUE, [len(prefix), 1], "FP32"),
+        grpcclient.InferInput(contract.LENGTH, [len(lengths), 1], "INT32"),
     ]
     inputs[0].set_data_from_numpy(frames)
     inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in task], dtype=np.object_))
-    inputs[2].set_data_from_numpy(np.asarray(prefix, np.float32).reshape(-1, 1))
+    inputs[2].set_data_from_numpy(np.asarray(lengths, np.int32).reshape(-1, 1))
     return client.infer(contract.MODEL_NAME, inputs)
 
 
@@ -85,28 +87,28 @@ def _infer(url, frames, task, prefix, frames_dtype="UINT8"):
         ("too many frames", "unexpected shape for input 'FRAMES'"),
         ("oversized batch", "batch-size must be <= 64"),
         ("empty text", "TASK must be non-empty text"),
-        ("prefix out of range", "PREFIX_VALUE must be finite and in [0, 1]"),
+        ("length out of range", "LENGTH must be in 1..24"),
         ("tiny frames", "frame size 4x4 outside"),
     ],
 )
 def test_malformed_requests_get_errors_and_the_server_keeps_serving(triton_server, windows, case, expected):
-    k = windows[1].shape[1]  # frames per window of the served model
+    k = windows[1].shape[1]  # frames per request of the served model
     ok = np.zeros((1, k, 32, 32, 3), np.uint8)
     args = {
-        "wrong dtype": (ok.astype(np.float32), ["drawer open"], [0.0], "FP32"),
-        "wrong rank": (np.zeros((1, k, 32, 32), np.uint8), ["drawer open"], [0.0]),
-        "too many frames": (np.zeros((1, k + 4, 32, 32, 3), np.uint8), ["drawer open"], [0.0]),
-        "oversized batch": (np.zeros((65, k, 8, 8, 3), np.uint8), ["x"] * 65, [0.0] * 65),
-        "empty text": (ok, [""], [0.0]),
-        "prefix out of range": (ok, ["drawer open"], [1.5]),
-        "tiny frames": (np.zeros((1, k, 4, 4, 3), np.uint8), ["drawer open"], [0.0]),
+        "wrong dtype": (ok.astype(np.float32), ["drawer open"], [k], "FP32"),
+        "wrong rank": (np.zeros((1, k, 32, 32), np.uint8), ["drawer open"], [k]),
+        "too many frames": (np.zeros((1, k + 4, 32, 32, 3), np.uint8), ["drawer open"], [k]),
+        "oversized batch": (np.zeros((65, k, 8, 8, 3), np.uint8), ["x"] * 65, [k] * 65),
+        "empty text": (ok, [""], [k]),
+        "length out of range": (ok, ["drawer open"], [k + 1]),
+        "tiny frames": (np.zeros((1, k, 4, 4, 3), np.uint8), ["drawer open"], [k]),
     }[case]
     with pytest.raises(InferenceServerException) as info:
         _infer(triton_server.grpc_url, *args)
     assert expected in info.value.message()
     assert triton_server.ready()
-    result = _infer(triton_server.grpc_url, ok, ["drawer open"], [0.0])  # still serving
-    assert result.as_numpy(contract.VALUES).shape == (1, 4)
+    result = _infer(triton_server.grpc_url, ok, ["drawer open"], [k])  # still serving
+    assert result.as_numpy(contract.VALUES).shape == (1, k)
 
 
 def test_one_bad_request_in_a_batch_does_not_fail_the_others(triton_server, windows):
@@ -115,7 +117,7 @@ def test_one_bad_request_in_a_batch_does_not_fail_the_others(triton_server, wind
 
     def send(name, task):
         try:
-            outcomes[name] = _infer(triton_server.grpc_url, good, [task], [0.2]).as_numpy(contract.VALUES)
+            outcomes[name] = _infer(triton_server.grpc_url, good, [task], [good.shape[1]]).as_numpy(contract.VALUES)
         except InferenceServerException as exc:
             outcomes[name] = exc
 
@@ -138,15 +140,15 @@ def test_unreachable_server_is_a_clear_error():
 def test_server_stopped_mid_run_client_retries_then_fails(shipped_checkpoint, tmp_path, windows):
     from wvm.serving.server import TritonServer
 
-    _, frames, texts, prefix = windows
+    _, frames, texts, lengths = windows
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=tmp_path / "log")
     server.start()
     handler = TritonHandler(server.grpc_url, retries=3, backoff_s=0.2, timeout_s=5)
     handler.load()
-    handler.run_batch(frames[:8], texts[:8], prefix[:8])
+    handler.run_batch(frames[:8], texts[:8], lengths[:8])
     server.stop()
     started = time.monotonic()
     with pytest.raises(ServerUnavailable, match=r"unavailable after 4 attempts"):
-        handler.run_batch(frames[:8], texts[:8], prefix[:8])
+        handler.run_batch(frames[:8], texts[:8], lengths[:8])
     assert time.monotonic() - started >= 0.2 + 0.4 + 0.8  # backed off between attempts
     handler.close()

@@ -195,12 +195,18 @@ def _eval(args: argparse.Namespace) -> dict:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="score models against ground-truth progress (Expert-VOC, Hesitation-RMSE, Retry-VOC)",
+        help="score models against ground-truth progress (Expert-VOC, Hesitation-RMSE, Retry-VOC, Failure-AUROC)",
         description="Evaluate one or more checkpoints and the time-ramp baseline on benchmark datasets "
         "(LeRobot datasets with a NAME.labels.parquet ground-truth file beside them). Writes report.md, "
-        "metrics.json and plots/ into OUT.",
+        "metrics.json and per-task plot grids (plots/) into OUT.",
     )
-    p.add_argument("--bench", action="append", required=True, metavar="NAME=DATASET[,LABELS]", help="repeatable")
+    p.add_argument(
+        "--bench",
+        action="append",
+        required=True,
+        metavar="NAME=DATASET[,LABELS]",
+        help="repeatable; LABELS 'expert' marks a dataset of successful demonstrations without labels (Expert-VOC only)",
+    )
     p.add_argument("--model", action="append", metavar="NAME=CHECKPOINT", help="repeatable; default: the shipped model")
     p.add_argument("--checkpoint", default=None, help="shorthand for a single --model WVM=CHECKPOINT")
     p.add_argument("--out", required=True, help="report directory")
@@ -406,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_serve(sub)
     _add_datagen(sub)
+    __import__("wvm.policy.cli", fromlist=["add_parser"]).add_parser(sub)  # wvm policy-bench (issue #11)
     return parser
 
 

@@ -43,31 +43,42 @@ class BenchEpisode:
     truth: np.ndarray  # (T,)
 
 
+EXPERT_ONLY = "expert"  # --bench NAME=DATASET,expert: every episode is a successful demonstration
+
+
 def load_bench(dataset: str, labels: str | None = None, camera: str | None = None) -> list[BenchEpisode]:
-    """A LeRobot dataset and its ground truth (default: `<dataset>.labels.parquet` beside it)."""
+    """A LeRobot dataset and its ground truth (default: `<dataset>.labels.parquet` beside it;
+    `labels="expert"` for a dataset of demonstrations without labels, e.g. a real robot's,
+    scored by Expert-VOC only)."""
     source = LeRobotDataset(dataset)
-    truth = ground_truth_by_episode(labels or dataset.rstrip("/") + LABELS_SUFFIX)
+    truth = None if labels == EXPERT_ONLY else ground_truth_by_episode(labels or dataset.rstrip("/") + LABELS_SUFFIX)
     camera = camera or source.cameras[0]
     episodes = []
     for episode in source.episodes():
-        label = truth.get(episode.index)
-        if label is None:
+        label = truth.get(episode.index) if truth is not None else None
+        if truth is not None and label is None:
             continue
+        if label is None:
+            kind, m, n = "expert", -1, -1
+        else:
+            kind, m, n = str(label["kind"].iloc[0]), int(label["seg_start"].iloc[0]), int(label["seg_end"].iloc[0])
+            if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no formula to score against
+                continue
         table = source.read_frames(episode)
         frames = np.stack(list(source.decode(episode, camera, table.timestamp)))
-        kind, m, n = str(label["kind"].iloc[0]), int(label["seg_start"].iloc[0]), int(label["seg_end"].iloc[0])
         episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, ground_truth(len(frames), kind, m, n)))
     return episodes
 
 
-def predict(handler: ValueModelHandler | None, episodes: list[BenchEpisode], batch_size: int = 64) -> dict[int, np.ndarray]:
-    """Per-frame values for every episode; handler None is the time-ramp baseline."""
+def predict(handler: ValueModelHandler | None, episodes: list[BenchEpisode], batch_size: int = 64) -> tuple[dict[int, np.ndarray], float]:
+    """Per-frame values for every episode and the mean out-of-distribution score of the bench
+    (nan for the time-ramp baseline, handler None)."""
     if handler is None:
-        return {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}
+        return {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}, float("nan")
     by_key = {str(e.index): e for e in episodes}
     chains = [EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, handler.geometry) for e in episodes]
     label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch_with_ood, batch_size)
-    return {int(c.key): c.frame_values() for c in chains}
+    return {int(c.key): c.frame_values() for c in chains}, float(np.mean([c.ood for c in chains]))
 
 
 def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> dict[str, float]:
@@ -130,8 +141,8 @@ def evaluate(
         predictions = {}
         for method, handler in handlers.items():
             log.info("eval %s on %s (%d episodes)", method, bench, len(episodes))
-            predictions[method] = predict(handler, episodes)
-            results.setdefault(method, {})[bench] = score(episodes, predictions[method])
+            predictions[method], ood = predict(handler, episodes)
+            results.setdefault(method, {})[bench] = {**score(episodes, predictions[method]), "ood": ood}
         plot_grid(episodes, predictions, out / "plots" / f"{bench}.png")
     counts = {b: {k: sum(e.kind == k for e in eps) for k in KINDS} for b, eps in benches.items()}
     versions = {m: (h.version, h.checkpoint_hash) for m, h in handlers.items() if h is not None}
@@ -145,11 +156,13 @@ def render_report(results: dict, counts: dict, versions: dict, benches: list[str
     for bench in benches:
         c = counts[bench]
         lines += [f"## {bench}", "", ", ".join(f"{n} {k}" for k, n in c.items()) + " episodes.", ""]
-        lines += ["| method | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+        lines += ["| method | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | OOD score |", "|---|" + "---:|" * (len(METRICS) + 1)]
         for method, per_bench in results.items():
             r = per_bench[bench]
-            lines.append(f"| {method} | " + " | ".join(f"{r[m]:.3f}" for m in METRICS) + " |")
+            lines.append(f"| {method} | " + " | ".join(f"{r[m]:.3f}" for m in (*METRICS, "ood")) + " |")
         lines += ["", f"Per task and kind: [plots/{bench}.png](plots/{bench}.png)", ""]
+    lines += ["OOD score: the bench's mean out-of-distribution score (1 = as unfamiliar as the least familiar 1% of "
+              "training frames; episodes above 2 are flagged untrusted when relabelling). nan: not a model.", ""]
     if versions:
         lines += ["Models: " + ", ".join(f"{m} = `{v}` (sha256 {h})" for m, (v, h) in versions.items()), ""]
     return "\n".join(lines)

@@ -229,12 +229,11 @@ class SmallVideoBackbone(nn.Module):
         w = config.video_width
         self.config = config
         self.patch_in = nn.Linear(config.patch_dim, w)
-        self.frame_pos = nn.Parameter(torch.zeros(config.samples_per_episode, 1, w))
+        self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.patch_pos = nn.Parameter(torch.zeros(1, config.tokens_per_frame, w))
         self.text_in = nn.Linear(config.text_dim, w)
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, config.patch_dim))
-        nn.init.normal_(self.frame_pos, std=0.02)
         nn.init.normal_(self.patch_pos, std=0.02)
 
     def patchify(self, z: torch.Tensor) -> torch.Tensor:
@@ -244,13 +243,15 @@ class SmallVideoBackbone(nn.Module):
         z = z.view(b, f, c, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6)
         return z.reshape(b, f, g * g, c * p * p)
 
-    def embed(self, patches: torch.Tensor, text: torch.Tensor, frame_t: torch.Tensor) -> torch.Tensor:
+    def embed(self, patches: torch.Tensor, text: torch.Tensor, frame_t: torch.Tensor, episode_t: torch.Tensor) -> torch.Tensor:
         """patches (B, F, n, patch_dim), text (B, text_dim), frame_t (B, F) flow time per frame
-        (1 = clean) -> tokens (B, 1 + F * n, width); token 0 is the task text."""
+        (1 = clean), episode_t (B, F) where in the episode each frame is (0 = first, 1 = last)
+        -> tokens (B, 1 + F * n, width); token 0 is the task text."""
         b, f, n, _ = patches.shape
         w = self.config.video_width
         time = self.time_in(timestep_embedding(frame_t.reshape(-1), w)).view(b, f, 1, w)
-        x = self.patch_in(patches) + self.frame_pos[:f] + self.patch_pos + time
+        where = self.frame_time(timestep_embedding(episode_t.reshape(-1), w)).view(b, f, 1, w)
+        x = self.patch_in(patches) + self.patch_pos + time + where
         return torch.cat([self.text_in(text)[:, None], x.reshape(b, f * n, w)], dim=1)
 
 
@@ -258,15 +259,16 @@ class ValueStream(nn.Module):
     def __init__(self, config: WVMConfig):
         super().__init__()
         w = config.value_width
+        self.width = w
         self.value_in = nn.Linear(1, w)
-        self.pos = nn.Parameter(torch.zeros(1, config.samples_per_episode, w))
+        self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
-        nn.init.normal_(self.pos, std=0.02)
 
-    def embed(self, values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n = values.shape[1]
-        return self.value_in(values[..., None]) + self.pos[:, :n] + self.time_in(timestep_embedding(t, self.pos.shape[-1]))[:, None]
+    def embed(self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor) -> torch.Tensor:
+        b, n = values.shape
+        where = self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
+        return self.value_in(values[..., None]) + where + self.time_in(timestep_embedding(t, self.width))[:, None]
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -287,6 +289,16 @@ class Batch:
 def valid_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
     """(B,) numbers of real samples -> (B, n) bool."""
     return torch.arange(n, device=lengths.device)[None] < lengths.reshape(-1, 1)
+
+
+def episode_time(valid: torch.Tensor) -> torch.Tensor:
+    """(B, N) real-sample mask -> where each sample lies in its episode, 0 (first frame) to 1
+    (last), as the evenly spaced samples of wvm.data.sample_positions lie; padding gets 1.
+    Samples carry this instead of their index, so a short episode read at every frame still
+    ends at 1."""
+    lengths = valid.sum(1, keepdim=True).float()
+    index = torch.arange(valid.shape[1], device=valid.device, dtype=torch.float32)[None]
+    return (index / (lengths - 1).clamp(min=1.0)).clamp(max=1.0)
 
 
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -343,8 +355,9 @@ class WorldValueModel(nn.Module):
         `latents` holds clean (frame_t = 1) and noised frames; `values` the noised values."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
-        x = self.video.embed(self.video.patchify(latents), text, frame_t)
-        y = self.value.embed(values, value_t)
+        where = episode_time(valid)
+        x = self.video.embed(self.video.patchify(latents), text, frame_t, where)
+        y = self.value.embed(values, value_t, where)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid[:, None, None]
@@ -416,7 +429,7 @@ class StaticValueModel(nn.Module):
     def forward(self, latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """latents (B, 1, C, S, S) -> value (B,)."""
         b = latents.shape[0]
-        x = self.video.embed(self.video.patchify(latents), text, torch.ones(b, 1, device=latents.device))
+        x = self.video.embed(self.video.patchify(latents), text, torch.ones(b, 1, device=latents.device), torch.zeros(b, 1, device=latents.device))
         return self.head(self.encoder(x)[:, 0]).squeeze(-1)
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:

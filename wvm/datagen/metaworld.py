@@ -12,10 +12,20 @@ episode, so the model sees several execution speeds), and one of three kinds:
               (holds still), drifts off (moves steadily in a random direction) or drops what it
               holds (opens the gripper and lifts away); the episode lasts as long as the same
               seed's expert episode
+- noisy:      (opt-in, for policy learning) the policy with temporally correlated noise on its
+              xyz actions throughout; the recorded actions are the noisy ones actually executed.
+              Its ground truth is measured, not modelled: progress at frame t is
+              1 - S_t / S_0, S_t the env steps the clean expert needs to succeed from the state of
+              frame t (clipped to [0, 1]); on an expert episode this is its pace t / (T - 1)
 
-Expert, hesitation and retry episodes are kept only if they succeed; failed ones only if they
-do not. Ground truth follows REFERENCE §2 (wvm.metrics.ground_truth)
-and is written beside the dataset as `<out>.labels.parquet` (schemas.ground_truth).
+Expert, hesitation, retry and noisy episodes are kept only if they succeed; failed ones only if
+they do not. Ground truth follows REFERENCE §2 (wvm.metrics.ground_truth)
+and is written beside the dataset as `<out>.labels.parquet` (schemas.ground_truth). A noisy
+episode's `kind` is "noisy" (not one of the schema's KINDS, so `wvm eval` does not score it).
+
+`observation.state` is the hand xyz + gripper opening (obs[:4]); with `full_state` it is the
+whole 39-dim Meta-World observation (same first 4 values, then object poses, the previous
+step's 18 values and the goal), which a state-based policy needs to solve the task.
 
 Rendering is the slow part (software OpenGL): the 4096-px shadow map Meta-World asks for costs
 more than the frame itself, so we render shadows at 1024 px, which looks the same at 128 px.
@@ -79,6 +89,11 @@ class DatagenConfig:
     record_every: tuple[int, int] = (3, 5)  # env steps per recorded frame, inclusive range
     max_steps: int = 500
     workers: int = 1
+    full_state: bool = False  # observation.state = the full 39-dim observation instead of obs[:4]
+    noise_scale: float = 0.3  # noisy kind: stationary std of the xyz action noise
+    # Seeds Meta-World's object/goal placements (task i of `tasks` gets placement_seed + i), so a
+    # rerun renders the same scenes; None leaves them unseeded (different on every run).
+    placement_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,16 +107,17 @@ class EpisodePlan:
 class Rollout:
     plan: EpisodePlan
     images: np.ndarray  # uint8 (T, H, W, 3)
-    state: np.ndarray  # float32 (T, 4): hand xyz + gripper opening
+    state: np.ndarray  # float32 (T, 4): hand xyz + gripper opening; (T, 39) with full_state
     action: np.ndarray  # float32 (T, 4)
     seg_start: int
     seg_end: int
+    progress: np.ndarray | None = None  # measured ground truth (noisy episodes); else by formula
 
 
 class _TaskSimulator:
     """One Meta-World task with its expert policy and a fast renderer."""
 
-    def __init__(self, task: str, size: int, camera: str, max_steps: int):
+    def __init__(self, task: str, size: int, camera: str, max_steps: int, full_state: bool = False, noise_scale: float = 0.3, placement_seed: int | None = None):
         os.environ.setdefault("MUJOCO_GL", "egl")
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the environments)
@@ -115,12 +131,15 @@ class _TaskSimulator:
             height=size,
             camera_name=camera,
             max_episode_steps=10 * max_steps,
+            seed=placement_seed,
         )
         # Hesitation and retry add steps beyond the benchmark's 500-step limit.
         self.env.unwrapped.max_path_length = 10 * max_steps
         self.env.unwrapped.model.vis.quality.shadowsize = 1024
         self.policy = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
+        self.state_slice = slice(None) if full_state else slice(0, 4)
+        self.noise_scale = noise_scale
 
     def expert_length(self, seed: int, every: int) -> int | None:
         """Recorded length of the plain expert episode for this seed (no rendering)."""
@@ -140,12 +159,15 @@ class _TaskSimulator:
         if plan.kind == "failed":
             return self._failed_rollout(plan, every, *seg)
         obs, _ = self.env.reset(seed=plan.seed)
-        images, states, actions, history = [], [], [], []
+        images, states, actions, history, snapshots = [], [], [], [], []
+        noise = _CorrelatedNoise(self.noise_scale, np.random.default_rng([plan.seed, 11])) if plan.kind == "noisy" else None
 
         def record(a: np.ndarray) -> None:
             images.append(self.env.render()[::-1].copy())  # MuJoCo renders bottom-up
-            states.append(obs[:4].astype(np.float32))
+            states.append(obs[self.state_slice].astype(np.float32))
             actions.append(np.asarray(a, dtype=np.float32))
+            if noise is not None:
+                snapshots.append(self._snapshot(obs))
 
         record(np.zeros(4))
         m, x = seg if seg else (-1, 0)
@@ -164,6 +186,8 @@ class _TaskSimulator:
                 seg = None  # inserted
                 continue
             a = np.asarray(self.policy.get_action(obs), dtype=np.float32)
+            if noise is not None:
+                a = np.clip(a + noise.sample(), -1, 1).astype(np.float32)
             obs, _, _, _, info = self.env.step(a)
             history.append(a)
             if info["success"] or step % every == 0:
@@ -172,8 +196,40 @@ class _TaskSimulator:
                 if seg:
                     return None  # succeeded before the planned segment
                 seg_start, seg_end = (m, m + x) if m >= 0 else (-1, -1)
-                return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), seg_start, seg_end)
+                progress = self._measured_progress(snapshots) if noise is not None else None
+                return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), seg_start, seg_end, progress)
         return None
+
+    def _snapshot(self, obs: np.ndarray) -> tuple:
+        """Everything the clean expert's rollout from this moment depends on."""
+        import mujoco
+
+        env = self.env.unwrapped
+        physics = np.empty(mujoco.mj_stateSize(env.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(env.model, env.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        return physics, env._prev_obs.copy(), env.curr_path_length, obs.copy()
+
+    def _measured_progress(self, snapshots: list[tuple]) -> np.ndarray:
+        """1 - S_t / S_0 per recorded frame, S_t the steps the clean expert needs from there
+        (the last frame is the success itself: S = 0). Leaves the env mid-episode; callers reset."""
+        import mujoco
+
+        env = self.env.unwrapped
+        steps_to_go = []
+        for physics, prev_obs, path_length, obs in snapshots[:-1]:
+            mujoco.mj_setState(env.model, env.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+            mujoco.mj_forward(env.model, env.data)
+            env._prev_obs, env.curr_path_length = prev_obs.copy(), path_length
+            needed = self.max_steps  # never succeeding counts as the whole budget
+            for step in range(1, self.max_steps + 1):
+                obs, _, _, _, info = env.step(self.policy.get_action(obs))
+                if info["success"]:
+                    needed = step
+                    break
+            steps_to_go.append(needed)
+        steps_to_go.append(0)
+        s = np.asarray(steps_to_go, dtype=np.float64)
+        return np.clip(1.0 - s / max(s[0], 1.0), 0.0, 1.0)
 
 
     def _failed_rollout(self, plan: EpisodePlan, every: int, m: int, length: int) -> Rollout | None:
@@ -184,7 +240,7 @@ class _TaskSimulator:
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         obs, _ = self.env.reset(seed=plan.seed)
-        images, states, actions = [self.env.render()[::-1].copy()], [obs[:4].astype(np.float32)], [np.zeros(4, np.float32)]
+        images, states, actions = [self.env.render()[::-1].copy()], [obs[self.state_slice].astype(np.float32)], [np.zeros(4, np.float32)]
         last = np.zeros(4, np.float32)
         step = 0
         while len(images) < length:
@@ -203,14 +259,32 @@ class _TaskSimulator:
                 return None
             if step % every == 0:
                 images.append(self.env.render()[::-1].copy())
-                states.append(obs[:4].astype(np.float32))
+                states.append(obs[self.state_slice].astype(np.float32))
                 actions.append(a)
         return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), m, length - 1)
 
 
+class _CorrelatedNoise:
+    """Ornstein-Uhlenbeck noise on the xyz action (gripper untouched): correlated over about 20
+    env steps, so it pushes the arm off course for a while, as a shaky operator would, instead
+    of averaging out within a frame."""
+
+    THETA = 0.05  # mean reversion per env step
+
+    def __init__(self, scale: float, rng: np.random.Generator):
+        self.scale, self.rng = scale, rng
+        self.value = rng.normal(size=3) * scale
+
+    def sample(self) -> np.ndarray:
+        kick = self.scale * np.sqrt(2 * self.THETA) * self.rng.normal(size=3)
+        self.value = (1 - self.THETA) * self.value + kick  # stationary std = scale
+        return np.append(self.value, 0.0).astype(np.float32)
+
+
 def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[Rollout]:
     config, task, plans = args
-    sim = _TaskSimulator(task, config.size, config.camera, config.max_steps)
+    placement_seed = None if config.placement_seed is None else config.placement_seed + config.tasks.index(task)
+    sim = _TaskSimulator(task, config.size, config.camera, config.max_steps, config.full_state, config.noise_scale, placement_seed)
     rollouts = []
     for plan in plans:
         rollout = None
@@ -255,7 +329,7 @@ def generate(config: DatagenConfig) -> dict:
     for task in config.tasks:
         plans = [
             EpisodePlan(task, kind, int(rng.integers(0, 2**31 - 1)))
-            for kind in KINDS
+            for kind in (*KINDS, "noisy")  # noisy last: existing seeds keep their plans
             for _ in range(config.per_kind.get(kind, 0))
         ]
         jobs.append((config, task, plans))
@@ -265,7 +339,7 @@ def generate(config: DatagenConfig) -> dict:
         fps=config.fps,
         robot_type="sawyer",
         cameras={camera_key: (config.size, config.size)},
-        state_dim=4,
+        state_dim=39 if config.full_state else 4,
         action_dim=4,
     )
     labels = []
@@ -275,7 +349,7 @@ def generate(config: DatagenConfig) -> dict:
             for r in rollouts:
                 index = writer.add_episode({camera_key: r.images}, r.state, r.action, task_text(r.plan.task))
                 T = len(r.images)
-                gt = ground_truth(T, r.plan.kind, r.seg_start, r.seg_end)
+                gt = r.progress if r.progress is not None else ground_truth(T, r.plan.kind, r.seg_start, r.seg_end)
                 labels.append(
                     pa.table(
                         {
