@@ -62,9 +62,11 @@ def save_model(directory: str | Path, model: torch.nn.Module, config: WVMConfig)
     return file_hash(directory / MODEL_FILE)
 
 
-def load_model(directory: str | Path | None = None, device: str = "cpu") -> LoadedModel:
+def load_model(directory: str | Path | None = None, device: str = "cpu", fresh_prefix: str | None = None) -> LoadedModel:
     """Load a checkpoint directory (default: the shipped one). A config that does not match
-    the weights is an error naming the mismatching tensors."""
+    the weights is an error naming the mismatching tensors. `fresh_prefix`: weights under it
+    may be missing and keep their initialisation (stage 2 adds value-stream parts that a
+    stage-1 checkpoint never trained)."""
     directory = Path(directory or DEFAULT_CHECKPOINT)
     weights, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
     for path in (weights, config_path):
@@ -80,7 +82,7 @@ def load_model(directory: str | Path | None = None, device: str = "cpu") -> Load
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from None
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(k for k in set(expected) - set(state) if not (fresh_prefix and k.startswith(fresh_prefix)))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
@@ -94,6 +96,6 @@ def load_model(directory: str | Path | None = None, device: str = "cpu") -> Load
                 "shape mismatch " + ", ".join(f"{k}: weights {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}" for k in wrong[:5])
             )
         raise CheckpointError(f"{directory}: weights do not match config.json ({'; '.join(details)})")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=not fresh_prefix)
     model.to(device).eval()
     return LoadedModel(model, config, file_hash(weights), str(directory))

@@ -95,13 +95,26 @@ def edit_episode(length: int, rng: np.random.Generator) -> tuple[np.ndarray, str
     return np.concatenate([frames[: m + 1], back, frames[m - x + 1 :]]), kind, m, m + x
 
 
+def warped_positions(length: int, samples: int, rng: np.random.Generator, shape: float = 2.0) -> np.ndarray:
+    """`samples` frame indices from first to last in a random monotone order of spacing: the
+    episode as if executed at a speed that changes along the way. Gaps are Gamma(shape)
+    distributed (smaller shape: more uneven); repeated indices are real pauses."""
+    if length <= 1 or samples <= 2:
+        return sample_positions(length, samples)
+    gaps = rng.gamma(shape, 1.0, samples - 1)
+    cumulative = np.concatenate([[0.0], np.cumsum(gaps)])
+    return np.round(cumulative / cumulative[-1] * (length - 1)).astype(np.int64)
+
+
 class EpisodeSampler:
     """Draws training episodes at the model's N samples: a random episode, as recorded or (with
     probability `edit_p`, expert episodes only) edited by `edit_episode`; the sample positions
-    jittered a little around the evenly spaced ones inference uses."""
+    jittered a little around the evenly spaced ones inference uses, or (with probability
+    `warp_p`) warped in time (`warped_positions`), so that where a sample sits in the episode
+    does not by itself tell its progress: the frames must."""
 
-    def __init__(self, episodes: list[TrainingEpisode], samples: int, edit_p: float = 0.5):
-        self.episodes, self.samples, self.edit_p = episodes, samples, edit_p
+    def __init__(self, episodes: list[TrainingEpisode], samples: int, edit_p: float = 0.5, warp_p: float = 0.0):
+        self.episodes, self.samples, self.edit_p, self.warp_p = episodes, samples, edit_p, warp_p
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -120,7 +133,9 @@ class EpisodeSampler:
                 truth = ground_truth(len(steps), kind, m, end)
             positions = sample_positions(len(steps), n)
             k = len(positions)
-            if k > 2:  # jitter inner samples by up to a third of the spacing
+            if k > 2 and rng.random() < self.warp_p:
+                positions = warped_positions(len(steps), k, rng)
+            elif k > 2:  # jitter inner samples by up to a third of the spacing
                 spacing = (len(steps) - 1) / (k - 1)
                 jitter = np.round(rng.uniform(-spacing / 3, spacing / 3, k - 2)).astype(np.int64)
                 positions[1:-1] = np.clip(positions[1:-1] + jitter, 1, len(steps) - 2)

@@ -261,14 +261,20 @@ class ValueStream(nn.Module):
         w = config.value_width
         self.width = w
         self.value_in = nn.Linear(1, w)
+        # each value token also reads its own frame directly (its latent patches and whether the
+        # frame is clean): per-frame evidence is one step away, temporal context comes through the
+        # joint attention. Without it the value tokens learnt the episode-time ramp and ignored the
+        # frames (reports/experiments.md).
+        self.frame_in = nn.Linear(config.tokens_per_frame * config.patch_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
-    def embed(self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor) -> torch.Tensor:
+    def embed(self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor) -> torch.Tensor:
         b, n = values.shape
         where = self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
-        return self.value_in(values[..., None]) + where + self.time_in(timestep_embedding(t, self.width))[:, None]
+        frame = self.frame_in(torch.cat([patches.reshape(b, n, -1), frame_t[..., None]], dim=-1))
+        return self.value_in(values[..., None]) + where + frame + self.time_in(timestep_embedding(t, self.width))[:, None]
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -356,8 +362,9 @@ class WorldValueModel(nn.Module):
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
         where = episode_time(valid)
-        x = self.video.embed(self.video.patchify(latents), text, frame_t, where)
-        y = self.value.embed(values, value_t, where)
+        patches = self.video.patchify(latents)
+        x = self.video.embed(patches, text, frame_t, where)
+        y = self.value.embed(values, value_t, where, patches, frame_t)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid[:, None, None]

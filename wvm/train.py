@@ -61,6 +61,7 @@ class TrainConfig:
     init_from: str | None = None  # start from all of this checkpoint's weights (stage 2 from stage 1)
     freeze_video: bool = False  # train the value stream only (the "frozen video stream" ablation)
     edit_p: float = 0.5  # expert episodes spliced with a pause, retry or failure (wvm.data.edit_episode)
+    warp_p: float = 0.0  # episodes read at a randomly changing speed (wvm.data.warped_positions)
     text_dropout: float = 0.1
     checkpoint_every: int = 500
     log_every: int = 50
@@ -150,7 +151,8 @@ class Trainer:
             if cfg.init_from or cfg.init_autoencoder:
                 # Stage 2 starts from stage 1's weights; baselines share the main model's frozen
                 # encoder (same latents, fair comparison).
-                donor = load_model(cfg.init_from or cfg.init_autoencoder, device=str(self.device))
+                # stage 1 trains no value stream: value weights a stage-1 checkpoint lacks start fresh
+                donor = load_model(cfg.init_from or cfg.init_autoencoder, device=str(self.device), fresh_prefix="value.")
                 if cfg.init_from:
                     model.load_state_dict(donor.model.state_dict())
                 else:
@@ -243,7 +245,7 @@ class Trainer:
         latents = self._encode_views(model, views)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
-        sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p)
+        sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p)
         frozen = {id(p) for p in model.autoencoder.parameters()}
         if cfg.freeze_video:
             frozen |= {id(p) for p in model.video_parameters()}
