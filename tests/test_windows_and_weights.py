@@ -128,3 +128,15 @@ def test_episode_summary():
     assert summary["quality"] < 0.35
 
 
+
+
+def test_warped_positions_keep_the_episode_ends_and_order():
+    from wvm.data import warped_positions
+
+    rng = np.random.default_rng(0)
+    for length in (3, 30, 500):
+        positions = warped_positions(length, 24, rng)
+        assert positions[0] == 0 and positions[-1] == length - 1 and len(positions) == 24
+        assert np.all(np.diff(positions) >= 0)
+    gaps = np.diff(warped_positions(10_000, 24, rng))
+    assert gaps.max() > 2 * gaps.min() + 1  # uneven speed, unlike the evenly spaced inference grid

@@ -4,7 +4,6 @@ sampling grid shared with inference, clip sampling with video rewinding, and aug
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np

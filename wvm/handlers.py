@@ -1,7 +1,7 @@
-"""One narrow interface for "load a model, run a batch of windows" (like Beam's ModelHandler).
+"""One narrow interface for "load a model, run a batch of episode requests" (like Beam's ModelHandler).
 
 `LocalHandler` runs the checkpoint in-process; `TritonHandler` (wvm.serving.client) sends the
-same windows to a Triton Inference Server. Both take and return exactly what
+same requests to a Triton Inference Server. Both take and return exactly what
 schemas/inference.py specifies, so pipelines switch between them with one flag.
 """
 

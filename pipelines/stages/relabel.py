@@ -1,7 +1,7 @@
 """Relabel stage: value-label one partition of episodes with a model and write its outputs.
 
-For each episode: read its per-frame table and only the frames the model samples, chain the
-windows (wvm.windows) through the model handler, batching across the partition's episodes
+For each episode: read its per-frame table and only the frames the model samples, send one
+request per episode (wvm.windows) through the model handler, batching across the partition's episodes
 while a background thread decodes the next ones, then compute advantages, weights and the
 episode summary, and write the partition's progress array, frames and sidecar parts, and
 last its commit record.
@@ -85,7 +85,7 @@ class LabelResult:
     partition_id: str
     episodes: int
     frames: int
-    windows: int
+    windows: int  # model requests: one per episode since model v2
     failures: list[dict] = field(default_factory=list)
 
 
