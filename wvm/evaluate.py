@@ -95,19 +95,18 @@ def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> d
     return results
 
 
-def plot_grid(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.ndarray]], path: Path) -> None:
-    """One row per task, one column per episode kind (the task's first episode of that kind):
-    ground truth, its non-progress segment shaded, and every method's values."""
+def plot_task_kind_grid(episodes, tasks: list[str], kinds: list[str], draw, title, path: Path, width: float = 2.7) -> None:
+    """One row per task, one column per episode kind, the task's first episode of that kind in
+    each cell: `draw(ax, episode)` plots its curves, `title(task, kind, episode)` names the cell.
+    Episodes need `.task`, `.kind`; shared by the eval report and the policy bench."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({e.task for e in episodes})
-    kinds = [k for k in KINDS if any(e.kind == k for e in episodes)]
     if not tasks or not kinds:
         return
-    fig, axes = plt.subplots(len(tasks), len(kinds), figsize=(2.7 * len(kinds), 1.9 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), len(kinds), figsize=(width * len(kinds), 1.9 * len(tasks)), squeeze=False)
     for row, task in enumerate(tasks):
         for col, kind in enumerate(kinds):
             ax = axes[row][col]
@@ -115,12 +114,8 @@ def plot_grid(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.
             if e is None:
                 ax.axis("off")
                 continue
-            ax.plot(e.truth, "k-", lw=2.5, alpha=0.35, label="ground truth")
-            for method, values in predictions.items():
-                ax.plot(values[e.index], lw=1.1, label=method)
-            if e.seg_start >= 0:
-                ax.axvspan(e.seg_start, e.seg_end, color="orange", alpha=0.12)
-            ax.set_title(f"{task[:24]}: {kind}", fontsize=7)
+            draw(ax, e)
+            ax.set_title(title(task, kind, e), fontsize=7)
             ax.set_ylim(-0.05, 1.05)
             ax.tick_params(labelsize=6)
     axes[0][0].legend(fontsize=5, loc="upper left")
@@ -128,6 +123,20 @@ def plot_grid(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_grid(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.ndarray]], path: Path) -> None:
+    """Ground truth, its non-progress segment shaded, and every method's values, per task and kind."""
+
+    def draw(ax, e: BenchEpisode) -> None:
+        ax.plot(e.truth, "k-", lw=2.5, alpha=0.35, label="ground truth")
+        for method, values in predictions.items():
+            ax.plot(values[e.index], lw=1.1, label=method)
+        if e.seg_start >= 0:
+            ax.axvspan(e.seg_start, e.seg_end, color="orange", alpha=0.12)
+
+    kinds = [k for k in KINDS if any(e.kind == k for e in episodes)]
+    plot_task_kind_grid(episodes, sorted({e.task for e in episodes}), kinds, draw, lambda task, kind, e: f"{task[:24]}: {kind}", path)
 
 
 def evaluate(

@@ -336,21 +336,20 @@ class WorldValueModel(nn.Module):
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, F, H, W, 3) -> normalised latents (B, F, C, S, S) with the frozen encoder."""
-        b, f = frames.shape[:2]
-        size = self.config.image_size
-        z = self.autoencoder.encode(preprocess(frames, size).reshape(b * f, 3, size, size))
-        z = (z - self.config.latent_mean) / self.config.latent_std
-        return z.reshape(b, f, *z.shape[1:])
+        return self.encode_and_score(frames, score=False)[0]
 
     @torch.no_grad()
-    def reconstruction_error(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, F, H, W, 3) -> (B, F) autoencoder MSE per frame: how unlike the training
-        frames these are (the out-of-distribution score's raw material)."""
+    def encode_and_score(self, frames: torch.Tensor, score: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 (B, F, H, W, 3) -> (normalised latents (B, F, C, S, S), per-frame autoencoder
+        MSE (B, F) or None): the error says how unlike the training frames these are (the
+        out-of-distribution score's raw material). One encoder pass serves both."""
         b, f = frames.shape[:2]
         size = self.config.image_size
         x = preprocess(frames, size).reshape(b * f, 3, size, size)
-        recon = self.autoencoder.decode(self.autoencoder.encode(x))
-        return ((recon - x) ** 2).mean(dim=(1, 2, 3)).reshape(b, f)
+        mean = self.autoencoder.encode(x)
+        latents = ((mean - self.config.latent_mean) / self.config.latent_std).reshape(b, f, *mean.shape[1:])
+        error = ((self.autoencoder.decode(mean) - x) ** 2).mean(dim=(1, 2, 3)).reshape(b, f) if score else None
+        return latents, error
 
     # the joint network
 
@@ -404,12 +403,16 @@ class WorldValueModel(nn.Module):
         """One-step inference. frames: uint8 (B, N, H, W, 3), the episode's samples (padded
         after `lengths` (B,) real ones); text: (B, text_dim). Returns (B, N) values in [0, 1]
         (padding positions are 0)."""
-        b, n = frames.shape[:2]
+        return self.predict_latents(self.encode_frames(frames), text, lengths)
+
+    @torch.no_grad()
+    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`predict` from normalised latents (B, N, C, S, S)."""
+        b, n = latents.shape[:2]
         valid = valid_mask(lengths, n)
-        latents = self.encode_frames(frames)
         noise = self.inference_value_noise[:, :n].expand(b, -1)
-        zero = torch.zeros(b, device=frames.device)
-        _, velocity = self(latents, torch.ones(b, n, device=frames.device), text, noise, zero, valid)
+        zero = torch.zeros(b, device=latents.device)
+        _, velocity = self(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid)
         return ((noise + velocity).clamp(0.0, 1.0) * valid).float()
 
 
@@ -428,7 +431,7 @@ class StaticValueModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
     encode_frames = WorldValueModel.encode_frames
-    reconstruction_error = WorldValueModel.reconstruction_error
+    encode_and_score = WorldValueModel.encode_and_score
 
     def video_parameters(self):
         return iter(())
@@ -449,9 +452,12 @@ class StaticValueModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        b, n = frames.shape[:2]
-        latents = self.encode_frames(frames).reshape(b * n, 1, -1, *([self.config.latent_size] * 2))
-        values = self(latents, text.repeat_interleave(n, dim=0)).reshape(b, n)
+        return self.predict_latents(self.encode_frames(frames), text, lengths)
+
+    @torch.no_grad()
+    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        b, n = latents.shape[:2]
+        values = self(latents.reshape(b * n, 1, *latents.shape[2:]), text.repeat_interleave(n, dim=0)).reshape(b, n)
         return (values.clamp(0.0, 1.0) * valid_mask(lengths, n)).float()
 
 
@@ -460,9 +466,10 @@ def predict_with_ood(model: nn.Module, frames: torch.Tensor, text: torch.Tensor,
     """Values (B, N) and each episode's out-of-distribution score (B,): the mean reconstruction
     error of its real frames over `ood_reference` (about 1 or less for frames like the training
     data; 0 when the checkpoint has no reference)."""
-    values = model.predict(frames, text, lengths)
+    latents, frame_error = model.encode_and_score(frames)
+    values = model.predict_latents(latents, text, lengths)
     valid = valid_mask(lengths, frames.shape[1]).float()
-    error = (model.reconstruction_error(frames) * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    error = (frame_error * valid).sum(1) / valid.sum(1).clamp(min=1.0)
     reference = model.config.ood_reference
     return values, (error / reference if reference > 0 else torch.zeros_like(error)).float()
 

@@ -237,7 +237,7 @@ class Trainer:
     def _ood_reference(self, model, frames: torch.Tensor, count: int = 4096) -> float:
         """The reconstruction error 99% of (a sample of) the training frames stay under."""
         pick = torch.from_numpy(np.random.default_rng(self.config.seed).choice(len(frames), min(count, len(frames)), replace=False))
-        errors = torch.cat([model.reconstruction_error(b[:, None].to(self.device)).cpu().reshape(-1) for b in frames[pick].split(512)])
+        errors = torch.cat([model.encode_and_score(b[:, None].to(self.device))[1].cpu().reshape(-1) for b in frames[pick].split(512)])
         return float(torch.quantile(errors, 0.99))
 
     def _train_value(self, model, episodes: list[TrainingEpisode], views: torch.Tensor, rng, start: int, tensors) -> None:

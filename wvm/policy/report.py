@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.labels import AWR_DELTA
+from wvm.evaluate import plot_task_kind_grid
 from wvm.policy.data import KINDS, SOURCE_NAMES, SOURCES, Episode, by_episode
 from wvm.policy.methods import METHODS, WEIGHT_COLUMN
 from wvm.policy.stats import bootstrap_difference, hierarchical_bootstrap, wilson_interval
@@ -153,32 +154,16 @@ def plot_success(summary: dict, tasks: list[str], runs: list[str], path: Path) -
 def plot_value_curves(episodes: list[Episode], sources: dict[str, pd.DataFrame], tasks: list[str], path: Path) -> None:
     """One row per task, one column per episode kind (its first episode): the progress of the
     three label sources."""
-    import matplotlib
+    progress = {s: by_episode(sources[s], "progress") for s in SOURCES}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax, e: Episode) -> None:
+        for source, style in (("gt", "-"), ("ramp", ":"), ("wvm", "-")):
+            lw = 2.5 if source == "gt" else 1.2
+            alpha = 0.4 if source == "gt" else 1.0
+            ax.plot(progress[source][e.index], style, color=SOURCE_COLOURS[source], lw=lw, alpha=alpha, label=SOURCE_NAMES[source])
 
     kinds = [k for k in KINDS if any(e.kind == k for e in episodes)]
-    progress = {s: by_episode(sources[s], "progress") for s in SOURCES}
-    fig, axes = plt.subplots(len(tasks), len(kinds), figsize=(2.6 * len(kinds), 1.9 * len(tasks)), squeeze=False)
-    for row, task in enumerate(tasks):
-        for col, kind in enumerate(kinds):
-            ax = axes[row][col]
-            e = next((x for x in episodes if x.task == task and x.kind == kind), None)
-            if e is None:
-                ax.axis("off")
-                continue
-            for source, style in (("gt", "-"), ("ramp", ":"), ("wvm", "-")):
-                lw = 2.5 if source == "gt" else 1.2
-                alpha = 0.4 if source == "gt" else 1.0
-                ax.plot(progress[source][e.index], style, color=SOURCE_COLOURS[source], lw=lw, alpha=alpha, label=SOURCE_NAMES[source])
-            ax.set_title(f"{_short(task)}: {kind} (ep {e.index})", fontsize=7)
-            ax.set_ylim(-0.05, 1.05)
-            ax.tick_params(labelsize=6)
-    axes[0][0].legend(fontsize=5, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    plot_task_kind_grid(episodes, tasks, kinds, draw, lambda task, kind, e: f"{_short(task)}: {kind} (ep {e.index})", path, width=2.6)
 
 
 def write_report(results: dict, episodes: list[Episode], sources: dict[str, pd.DataFrame], out: Path) -> dict:
