@@ -173,14 +173,16 @@ class VersionLabels:
             for pid in set(parts) - set(episode_parts):  # written by a run that died before its commit
                 self.fs.rm(parts.pop(pid))
         kept: dict[str, pa.Table] = {}
+        seen: set[str] = set()  # an episode committed by two runs (other partitioning) counts once
         for pid, path in sorted(episode_parts.items()):
             table = conform(fsx.read_parquet(self.fs, path), spec.EPISODES, path)
-            if current is not None:
-                pairs = zip(table.column("episode_id").to_pylist(), table.column("source_fingerprint").to_pylist())
-                mask = pa.array([pair in current for pair in pairs], pa.bool_())
-                if not pc.all(mask).as_py():
-                    table = table.filter(mask)
-                    self._replace(spec.EPISODE_PARTS_DIR, pid, path, table)
+            ids = table.column("episode_id").to_pylist()
+            pairs = zip(ids, table.column("source_fingerprint").to_pylist())
+            keep = [(current is None or pair in current) and pair[0] not in seen for pair in pairs]
+            seen.update(i for i, k in zip(ids, keep) if k)
+            if not all(keep):
+                table = table.filter(pa.array(keep, pa.bool_()))
+                self._replace(spec.EPISODE_PARTS_DIR, pid, path, table)
             kept[pid] = table
 
         def rows(pid: str, path: str, schema: pa.Schema) -> tuple[pa.Table, bool]:

@@ -15,6 +15,7 @@ from pipelines.engines.base import Engine
 from pipelines.errors import EpisodeError, PartitionFailed
 from pipelines.ingest import new_run_id
 from pipelines.labels_store import LabelsStore
+from pipelines.lease import OutputLease
 from pipelines.lerobot import LeRobotDataset, is_lerobot_dataset
 from pipelines.stages.ingest import failure_record, failure_row
 from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask, ModelSpec
@@ -180,81 +181,83 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
         version, checkpoint_hash = handler.version, handler.checkpoint_hash
     key = spec.model_key(version, checkpoint_hash)
     labels_store = LabelsStore(config.dst, create=True)
-    labels = labels_store.version(key)
-    labels.ensure(
-        {
-            "model_version": version,
-            "checkpoint_hash": checkpoint_hash,
-            "code_version": code_version(),
-            "created_at": utcnow().isoformat(),
-            "advantage_horizon": config.advantage_horizon,
-        }
-    )
-    committed = labels.committed()
-    done = set(zip(committed.column("episode_id").to_pylist(), committed.column("source_fingerprint").to_pylist()))
-    plan = plan_relabel(config, done)
-    stage = LabelPartition(
-        source_url=config.source,
-        source_kind=plan.source_kind,
-        dst_url=config.dst,
-        model_key=key,
-        model=config.model,
-        run_id=run_id,
-        code_version=code_version(),
-        advantage_horizon=config.advantage_horizon,
-        batch_size=config.batch_size,
-        skip_bad_episodes=config.on_error == "skip",
-    )
-    episodes = frames = windows = 0
-    failures: list[dict] = []
-    total = sum(len(t.episodes) for t in plan.tasks)
-    labelling_started = time.monotonic()
-    by_id = {t.partition_id: t for t in plan.tasks}
-    with tqdm(total=total, desc=f"relabel ({engine.name}, {config.model.backend})", unit="ep", disable=not progress) as bar:
-        try:
-            for result in engine.map(stage, plan.tasks, skip_failed=config.on_error == "skip"):
-                if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
-                    failures += [
-                        failure_record(e.source_uri, e.episode_index, file=f"partition {result.key}", stage="relabel",
-                                       error="PartitionFailed", reason=result.reason, run_id=run_id)
-                        for e in by_id[result.key].episodes
-                    ]  # fmt: skip
-                    bar.update(len(by_id[result.key].episodes))
-                else:
-                    episodes += result.episodes
-                    frames += result.frames
-                    windows += result.windows
-                    failures.extend(result.failures)
-                    bar.update(len(by_id[result.partition_id].episodes))
-                bar.set_postfix(frames=frames, failed=len(failures))
-                if on_progress:
-                    on_progress(bar.n, total)
-        except EpisodeError as error:
-            failures.append(failure_row(plan.source_uri, error, run_id))
-            labels.update_failures(failures, set())
-            raise
-    labelling_seconds = time.monotonic() - labelling_started
-    consolidated = labels.finalize(plan.current)
-    labelled = set(labels.committed().column("episode_id").to_pylist())
-    labels.update_failures(failures, labelled)
-    summary = RelabelSummary(
-        run_id=run_id,
-        model_key=key,
-        model_version=version,
-        checkpoint_hash=checkpoint_hash,
-        source_episodes=plan.source_episodes,
-        already_labelled=plan.already_labelled,
-        episodes_labelled=episodes,
-        frames_labelled=frames,
-        windows=windows,
-        failed=len(failures),
-        seconds=round(time.monotonic() - started, 2),
-        frames_per_second=round(frames / labelling_seconds, 1) if labelling_seconds > 0 and frames else 0.0,
-        outputs={"labels": labels.url, **consolidated},
-        failures=failures,
-    )
-    latest = labels_store.latest()
-    unchanged = episodes == 0 and latest is not None and latest.get("model_key") == key
-    if config.publish and not unchanged:
-        labels_store.publish(key, {k: v for k, v in summary.as_dict().items() if k != "failures"})
-    return summary
+    # one writer at a time: a second relabel into the same output gets a clear OutputBusy
+    with OutputLease(config.dst, "relabel"):
+        labels = labels_store.version(key)
+        labels.ensure(
+            {
+                "model_version": version,
+                "checkpoint_hash": checkpoint_hash,
+                "code_version": code_version(),
+                "created_at": utcnow().isoformat(),
+                "advantage_horizon": config.advantage_horizon,
+            }
+        )
+        committed = labels.committed()
+        done = set(zip(committed.column("episode_id").to_pylist(), committed.column("source_fingerprint").to_pylist()))
+        plan = plan_relabel(config, done)
+        stage = LabelPartition(
+            source_url=config.source,
+            source_kind=plan.source_kind,
+            dst_url=config.dst,
+            model_key=key,
+            model=config.model,
+            run_id=run_id,
+            code_version=code_version(),
+            advantage_horizon=config.advantage_horizon,
+            batch_size=config.batch_size,
+            skip_bad_episodes=config.on_error == "skip",
+        )
+        episodes = frames = windows = 0
+        failures: list[dict] = []
+        total = sum(len(t.episodes) for t in plan.tasks)
+        labelling_started = time.monotonic()
+        by_id = {t.partition_id: t for t in plan.tasks}
+        with tqdm(total=total, desc=f"relabel ({engine.name}, {config.model.backend})", unit="ep", disable=not progress) as bar:
+            try:
+                for result in engine.map(stage, plan.tasks, skip_failed=config.on_error == "skip"):
+                    if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
+                        failures += [
+                            failure_record(e.source_uri, e.episode_index, file=f"partition {result.key}", stage="relabel",
+                                           error="PartitionFailed", reason=result.reason, run_id=run_id)
+                            for e in by_id[result.key].episodes
+                        ]  # fmt: skip
+                        bar.update(len(by_id[result.key].episodes))
+                    else:
+                        episodes += result.episodes
+                        frames += result.frames
+                        windows += result.windows
+                        failures.extend(result.failures)
+                        bar.update(len(by_id[result.partition_id].episodes))
+                    bar.set_postfix(frames=frames, failed=len(failures))
+                    if on_progress:
+                        on_progress(bar.n, total)
+            except EpisodeError as error:
+                failures.append(failure_row(plan.source_uri, error, run_id))
+                labels.update_failures(failures, set())
+                raise
+        labelling_seconds = time.monotonic() - labelling_started
+        consolidated = labels.finalize(plan.current)
+        labelled = set(labels.committed().column("episode_id").to_pylist())
+        labels.update_failures(failures, labelled)
+        summary = RelabelSummary(
+            run_id=run_id,
+            model_key=key,
+            model_version=version,
+            checkpoint_hash=checkpoint_hash,
+            source_episodes=plan.source_episodes,
+            already_labelled=plan.already_labelled,
+            episodes_labelled=episodes,
+            frames_labelled=frames,
+            windows=windows,
+            failed=len(failures),
+            seconds=round(time.monotonic() - started, 2),
+            frames_per_second=round(frames / labelling_seconds, 1) if labelling_seconds > 0 and frames else 0.0,
+            outputs={"labels": labels.url, **consolidated},
+            failures=failures,
+        )
+        latest = labels_store.latest()
+        unchanged = episodes == 0 and latest is not None and latest.get("model_key") == key
+        if config.publish and not unchanged:
+            labels_store.publish(key, {k: v for k, v in summary.as_dict().items() if k != "failures"})
+        return summary

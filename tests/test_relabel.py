@@ -4,6 +4,7 @@ sidecar, weights recomputed by hand, engines, object storage, crashes, model ver
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -266,3 +267,63 @@ def test_destination_that_is_not_a_labels_directory(tmp_path):
     (tmp_path / "labels" / "notes.txt").write_text("mine")
     with pytest.raises(WvmError, match="not a wvm labels directory"):
         relabel(METAWORLD_MINI, tmp_path / "labels")
+
+
+# -- one writer per output (issue #14) ------------------------------------------------------
+
+
+def test_an_episode_committed_twice_is_published_once(tmp_path):
+    # Two runs with different partitioning can commit the same episode under two partition
+    # ids (what two concurrent relabels did before the lease): finalize keeps one copy.
+    labels = tmp_path / "labels"
+    relabel(METAWORLD_MINI, labels, partition_frames=150)
+    version = version_dir(labels)
+    for directory in (spec.FRAMES_DIR, spec.SIDECAR_PARTS_DIR, spec.EPISODE_PARTS_DIR):  # commit record last
+        first = sorted((version / directory).glob("part-*.parquet"))[0]
+        (version / directory / "part-zz-other-run.parquet").write_bytes(first.read_bytes())
+    relabel(METAWORLD_MINI, labels, partition_frames=150)
+    sidecar = pq.read_table(version / spec.SIDECAR_FILE)
+    assert sidecar.num_rows == N_FRAMES and len(set(sidecar.column("index").to_pylist())) == N_FRAMES
+    assert read_frames_table(version).num_rows == N_FRAMES
+    episodes = pq.read_table(version / spec.EPISODES_FILE)
+    assert episodes.num_rows == 18 and len(set(episodes.column("episode_id").to_pylist())) == 18
+
+
+def test_a_live_lease_refuses_a_second_writer_and_a_dead_one_is_taken_over(tmp_path):
+    import socket
+    import time
+
+    from pipelines.lease import LEASE_FILE, OutputBusy
+
+    labels = tmp_path / "labels"
+    relabel(METAWORLD_MINI, labels)
+    assert not (labels / LEASE_FILE).exists()  # released after the run
+    before = {p: p.read_bytes() for p in labels.rglob("*") if p.is_file()}
+    # held by a live process (this one) on another host, lease not yet expired
+    (labels / LEASE_FILE).write_text(json.dumps({"host": "other-host", "pid": 4242, "purpose": "relabel", "expires_at": time.time() + 60}))
+    with pytest.raises(OutputBusy, match=r"another wvm relabel is writing here \(host other-host, pid 4242\)"):
+        relabel(METAWORLD_MINI, labels, partition_frames=60)
+    assert {p: p.read_bytes() for p in labels.rglob("*") if p.is_file() and p.name != LEASE_FILE} == before
+    # its holder was killed on this machine: taken over at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    (labels / LEASE_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead), "expires_at": time.time() + 60}))
+    assert relabel(METAWORLD_MINI, labels).already_labelled == 18
+    # an expired lease of another host is taken over too
+    (labels / LEASE_FILE).write_text(json.dumps({"host": "other-host", "pid": 4242, "expires_at": time.time() - 1}))
+    assert relabel(METAWORLD_MINI, labels).already_labelled == 18
+    assert not (labels / LEASE_FILE).exists()
+
+
+@pytest.mark.slow
+def test_two_relabels_into_one_output_label_every_frame_once(tmp_path):
+    out = tmp_path / "labels"
+    cmd = [sys.executable, "-m", "wvm.cli", "relabel", str(METAWORLD_MINI), "--out", str(out), "--engine", "local"]
+    procs = [subprocess.Popen([*cmd, "--partition-frames", frames], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for frames in ("60", "300")]  # fmt: skip
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert any(code == 0 for code, _ in results), results
+    for code, stderr in results:  # the loser, if they overlapped, says why and names the output
+        assert code == 0 or ("another wvm relabel is writing here" in stderr and str(out) in stderr), stderr
+    sidecar = pq.read_table(out / spec.SIDECAR_FILE)
+    assert sidecar.num_rows == N_FRAMES and len(set(sidecar.column("index").to_pylist())) == N_FRAMES
+    assert read_frames_table(version_dir(out)).num_rows == N_FRAMES

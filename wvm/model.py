@@ -61,6 +61,9 @@ class WVMConfig:
     # training recipe
     video_loss_weight: float = 1.0  # lambda; 0 gives the "no video loss" ablation
     value_loss_weight: float = 1.0  # 0 in stage 1 (world-model pretraining)
+    value_reads_time: bool = True  # value tokens get the episode-time embedding (v2.0: a ramp shortcut)
+    value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
+    value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
     clean_p: float = 0.5  # episodes seen with every frame clean (the inference condition)
     context_min: float = 0.25  # otherwise at least this fraction of the samples is clean context
     noise_seed: int = 0
@@ -265,16 +268,24 @@ class ValueStream(nn.Module):
         # frame is clean): per-frame evidence is one step away, temporal context comes through the
         # joint attention. Without it the value tokens learnt the episode-time ramp and ignored the
         # frames (reports/experiments.md).
-        self.frame_in = nn.Linear(config.tokens_per_frame * config.patch_dim + 1, w)
-        self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
+        # Motion (this frame minus the previous sample's, and minus the first's) makes a pause or
+        # a return towards the start a local cue; the episode time, one linear step from the
+        # expert answer, can be left out so that values must come from the frames.
+        self.reads_time, self.reads_motion = config.value_reads_time, config.value_reads_motion
+        frame_dim = config.tokens_per_frame * config.patch_dim * (3 if self.reads_motion else 1)
+        self.frame_in = nn.Linear(frame_dim + 1, w)
+        self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
     def embed(self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor) -> torch.Tensor:
         b, n = values.shape
-        where = self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
-        frame = self.frame_in(torch.cat([patches.reshape(b, n, -1), frame_t[..., None]], dim=-1))
-        return self.value_in(values[..., None]) + where + frame + self.time_in(timestep_embedding(t, self.width))[:, None]
+        own = patches.reshape(b, n, -1)
+        parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
+        y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
+        if self.reads_time:
+            y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
+        return y + self.time_in(timestep_embedding(t, self.width))[:, None]
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -396,7 +407,17 @@ class WorldValueModel(nn.Module):
         video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
         value_loss = _masked_mse(value_velocity, batch.values - value_eps, batch.valid)
         total = cfg.value_loss_weight * value_loss + cfg.video_loss_weight * video_loss
-        return total, {"loss": total.item(), "value": value_loss.item(), "video": video_loss.item()}
+        logs = {"value": value_loss.item(), "video": video_loss.item()}
+        if cfg.value_delta_weight > 0:
+            # the value estimate at this flow time, differenced along the episode; scaled by the
+            # episode's number of steps so a ramp's step is about 1 whatever N is
+            estimate = noised_values + (1 - value_t[:, None]) * value_velocity
+            steps = (lengths - 1).clamp(min=1).float()[:, None]
+            pairs = batch.valid[:, 1:] & batch.valid[:, :-1]
+            delta_loss = _masked_mse(estimate.diff(dim=1) * steps, batch.values.diff(dim=1) * steps, pairs)
+            total = total + cfg.value_loss_weight * cfg.value_delta_weight * delta_loss
+            logs["delta"] = delta_loss.item()
+        return total, {"loss": total.item(), **logs}
 
     @torch.no_grad()
     def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -154,7 +154,12 @@ class Trainer:
                 # stage 1 trains no value stream: value weights a stage-1 checkpoint lacks start fresh
                 donor = load_model(cfg.init_from or cfg.init_autoencoder, device=str(self.device), fresh_prefix="value.")
                 if cfg.init_from:
-                    model.load_state_dict(donor.model.state_dict())
+                    # the value stream's input and output layers start fresh: stage 1 never
+                    # trained them, and stage 2 may read different inputs (value_reads_*)
+                    taken = {k: v for k, v in donor.model.state_dict().items() if not k.startswith("value.")}
+                    missing = [k for k in model.load_state_dict(taken, strict=False).missing_keys if not k.startswith("value.")]
+                    if missing:
+                        raise CheckpointError(f"{cfg.init_from}: lacks weights {missing[:5]}")
                 else:
                     model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict())
                 for key in ("latent_mean", "latent_std", "ood_reference"):
