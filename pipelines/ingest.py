@@ -67,10 +67,10 @@ def plan_ingest(config: IngestConfig) -> IngestPlan:
     """
     source = LeRobotDataset(config.source)
     config.decode.select_cameras(source)  # fail before any work on an unknown camera
+    episodes = source.episodes(decode_options=config.decode.fingerprint_part())  # bad metadata: fail before writing
     store = EpisodeStore(config.store, create=True)
     stored = store.episodes()
     have = set(zip(stored.column("episode_id").to_pylist(), stored.column("fingerprint").to_pylist()))
-    episodes = source.episodes(decode_options=config.decode.fingerprint_part())
     blocks: list[list] = [[]]
     for episode in episodes:
         if blocks[-1] and sum(e.length for e in blocks[-1]) + episode.length > config.partition_frames:

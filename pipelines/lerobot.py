@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -157,6 +159,8 @@ class LeRobotDataset:
             raise DatasetError("metadata file is missing", file=path) from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"metadata file has a line that is not JSON: {exc}", file=path) from None
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"metadata file is not UTF-8 text: {exc}", file=path) from None
 
     def _file_tokens(self, directory: str) -> dict[str, str]:
         try:
@@ -171,6 +175,10 @@ class LeRobotDataset:
         tasks = self._tasks()
         tokens = {**self._file_tokens("data"), **self._file_tokens("videos")}
         records = self._episode_records()
+        counts = Counter(int(r["episode_index"]) for r in records)
+        if repeated := sorted(i for i, n in counts.items() if n > 1):
+            # which record is right cannot be told: refuse rather than keep one silently
+            raise DatasetError(f"episode index(es) {repeated[:10]} appear more than once in the episode metadata", file=self._path("meta"))
         episodes = []
         for record in records:
             index = int(record["episode_index"])
@@ -222,6 +230,14 @@ class LeRobotDataset:
                 record["stats"] = stats.get(int(record["episode_index"]))
         return records
 
+    def _inside(self, relative: str, template: str) -> str:
+        """The dataset path of a file named by an info.json path template; a template that
+        leads outside the dataset (`../`, an absolute path) is refused, never read."""
+        normal = posixpath.normpath(relative)
+        if posixpath.isabs(normal) or normal == ".." or normal.startswith("../") or "://" in relative:
+            raise DatasetError(f"{template} {self.info[template]!r} gives {relative!r}, outside the dataset", file=self._path("meta/info.json"))
+        return self._path(normal)
+
     def _locate(self, record: dict, index: int) -> tuple[str, dict[str, VideoRef]]:
         if self.version == "v3.0":
             data_path = self.info["data_path"].format(
@@ -235,24 +251,27 @@ class LeRobotDataset:
                     chunk_index=int(record[prefix + "chunk_index"]),
                     file_index=int(record[prefix + "file_index"]),
                 )
-                videos[camera] = VideoRef(self._path(video_path), float(record[prefix + "from_timestamp"]))
-            return self._path(data_path), videos
+                videos[camera] = VideoRef(self._inside(video_path, "video_path"), float(record[prefix + "from_timestamp"]))
+            return self._inside(data_path, "data_path"), videos
         chunk = index // int(self.info.get("chunks_size", 1000))
         data_path = self.info["data_path"].format(episode_chunk=chunk, episode_index=index)
         videos = {
             camera: VideoRef(
-                self._path(self.info["video_path"].format(episode_chunk=chunk, video_key=camera, episode_index=index)),
+                self._inside(self.info["video_path"].format(episode_chunk=chunk, video_key=camera, episode_index=index), "video_path"),
                 0.0,
             )
             for camera in self.cameras
         }
-        return self._path(data_path), videos
+        return self._inside(data_path, "data_path"), videos
 
     # -- per-episode data -------------------------------------------------------------------
 
     def read_frames(self, episode: SourceEpisode) -> EpisodeFrames:
         """The episode's per-frame table, validated against info.json and the episode metadata."""
         path = episode.data_path
+        if not episode.task.strip():
+            tasks_file = "meta/tasks.parquet" if self.version == "v3.0" else "meta/tasks.jsonl"
+            raise EpisodeError("episode has no task text (the value model reads it)", file=self._path(tasks_file), episode=episode.index)
         columns = ["timestamp", "frame_index", "episode_index", "index"]
         vectors = [k for k in (STATE_KEY, ACTION_KEY) if k in self.features]
         try:

@@ -323,3 +323,50 @@ def test_gcs_end_to_end_against_emulator(gcs_emulator, tmp_path):
     assert remote == local
     row = EpisodeStore("gs://wvm-test/stores/mw").episodes().to_pylist()[0]
     assert row["source_uri"] == "gs://wvm-test/datasets/metaworld_mini"
+
+
+# -- hostile metadata (issue #14): a clear error naming the file, nothing read from outside --
+
+
+def test_empty_task_text_fails_only_its_episode(metaworld_copy, tmp_path):
+    path = metaworld_copy / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    tasks = table.column("tasks").to_pylist()
+    tasks[0] = [" "]  # episode 0's task text is blank
+    pq.write_table(table.set_column(table.schema.get_field_index("tasks"), "tasks", pa.array(tasks, table.schema.field("tasks").type)), path)
+    with pytest.raises(EpisodeError, match=r"tasks\.parquet: episode 0: episode has no task text"):
+        ingest(metaworld_copy, tmp_path / "fail")
+    summary = ingest(metaworld_copy, tmp_path / "store", on_error="skip")
+    assert summary.failed == 1
+    _only_episode_failed(tmp_path / "store", 0, "no task text", total=18)
+
+
+def test_duplicated_episode_index_is_refused(g1_small, tmp_path):
+    lines = (g1_small / "meta/episodes.jsonl").read_text().splitlines()
+    record = json.loads(lines[5])
+    record["episode_index"] = 2
+    lines[5] = json.dumps(record)
+    (g1_small / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"meta: episode index\(es\) \[2\] appear more than once"):
+        ingest(g1_small, tmp_path / "store", on_error="skip")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("template", ["../outside/episode_{episode_index:06d}.parquet", "/etc/episode_{episode_index:06d}.parquet"])
+def test_path_templates_that_leave_the_dataset_are_refused(g1_small, tmp_path, template):
+    secret = g1_small.parent / "outside" / "episode_000000.parquet"
+    secret.parent.mkdir()
+    secret.write_bytes((g1_small / "data/chunk-000/episode_000000.parquet").read_bytes())
+    info = json.loads((g1_small / "meta/info.json").read_text())
+    info["data_path"] = template
+    (g1_small / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"info\.json: data_path .* outside the dataset"):
+        ingest(g1_small, tmp_path / "store", on_error="skip")
+    assert not (tmp_path / "store").exists()
+
+
+def test_metadata_that_is_not_utf8(g1_small, tmp_path):
+    path = g1_small / "meta/tasks.jsonl"
+    path.write_bytes(path.read_bytes().replace(b'"task": "', b'"task": "\xff\xfe'))
+    with pytest.raises(DatasetError, match=r"tasks\.jsonl: metadata file is not UTF-8 text"):
+        ingest(g1_small, tmp_path / "store")

@@ -11,7 +11,7 @@ import torch
 
 from wvm.checkpoint import CheckpointError, load_model, save_model
 from wvm.metrics import auroc, expert_voc, failure_auroc, ground_truth, hesitation_rmse, retry_voc, spearman
-from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig
+from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 
@@ -159,6 +159,20 @@ def test_checkpoint_that_does_not_match_its_config(tmp_path):
 
 
 # -- metrics (REFERENCE §2) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,m,n", [("expert", -1, -1), ("hesitation", 10, 20), ("retry", 20, 26), ("failed", 15, 39)])
+def test_rates_of_plus_one_zero_minus_one_give_the_ground_truth(kind, m, n):
+    # working, paused and undoing steps summed as the "rates" value head does; padding ignored
+    truth = ground_truth(40, kind, m, n)
+    rates = torch.zeros(1, 48)
+    rates[0, 1:40] = torch.from_numpy(np.sign(np.diff(truth)))
+    rates[0, 40:] = 5.0  # padding: must not count
+    valid = torch.arange(48)[None] < 40
+    values = progress_from_rates(rates, torch.tensor([0.0 if kind == "failed" else 1.0]), valid)[0, :40].numpy()
+    # exact, except retry, whose formula divides by T - 2x where the steps number T - 1 - 2x
+    np.testing.assert_allclose(values, truth, atol=0.03 if kind == "retry" else 1e-6)
+    assert values[-1] == pytest.approx(truth[-1], abs=1e-6)
 
 
 def test_ground_truth_by_hand():
