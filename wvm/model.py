@@ -64,6 +64,10 @@ class WVMConfig:
     value_reads_time: bool = True  # value tokens get the episode-time embedding (v2.0: a ramp shortcut)
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
+    # "direct": each value token's head is the value's flow velocity. "rates": each token judges
+    # the work done since the previous sample (+ progressing, 0 paused, - undoing) and the
+    # episode whether it succeeds; values are the running sum of the rates (see progress_from_rates)
+    value_head: str = "direct"
     clean_p: float = 0.5  # episodes seen with every frame clean (the inference condition)
     context_min: float = 0.25  # otherwise at least this fraction of the samples is clean context
     noise_seed: int = 0
@@ -277,6 +281,7 @@ class ValueStream(nn.Module):
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
+        self.success = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1)) if config.value_head == "rates" else None
 
     def embed(self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor) -> torch.Tensor:
         b, n = values.shape
@@ -316,6 +321,26 @@ def episode_time(valid: torch.Tensor) -> torch.Tensor:
     lengths = valid.sum(1, keepdim=True).float()
     index = torch.arange(valid.shape[1], device=valid.device, dtype=torch.float32)[None]
     return (index / (lengths - 1).clamp(min=1.0)).clamp(max=1.0)
+
+
+def progress_from_rates(rates: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Values from per-sample work rates (B, N) and the probability of success (B,).
+
+    The running sum c_i of the rates after the first sample, over the steps an expert at even
+    pace would need: the episode's total c_end if it succeeds (a successful episode ends at 1),
+    its number of steps K if it fails (it followed the expert pace while working, then stopped).
+    With rates 1 (working), 0 (paused) and -1 (undoing) this reproduces every ground-truth
+    formula of wvm.metrics.ground_truth: expert, hesitation, retry and failed. Rates are a
+    local judgement of the motion, which is what carries over to unseen tasks; the level of
+    progress is never read from appearance."""
+    steps_taken = (rates[:, 1:] * (valid[:, 1:] & valid[:, :-1])).cumsum(1)
+    running = torch.cat([torch.zeros_like(rates[:, :1]), steps_taken], dim=1)
+    lengths = valid.sum(1)
+    steps = (lengths - 1).clamp(min=1).float()
+    total = running.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+    # a success whose rates sum to (near) nothing has no defined pace: floor it
+    scale = success * total.clamp(min=0.1 * steps) + (1 - success) * steps
+    return running / scale[:, None]
 
 
 def _masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -381,7 +406,14 @@ class WorldValueModel(nn.Module):
         for layer in self.layers:
             x, y = layer(x, y, video_keys, value_keys)
         video_velocity = self.video.head(x[:, 1:]).view(b, n, tpf, -1)
-        return video_velocity, self.value.head(y).squeeze(-1)
+        head = self.value.head(y).squeeze(-1)
+        if self.config.value_head == "direct":
+            return video_velocity, head
+        pooled = (y * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+        success = torch.sigmoid(self.value.success(pooled).squeeze(-1))
+        # the clean values are predicted outright; as a velocity from the noised input that is
+        # what one Euler step from t = 0 (inference) lands on
+        return video_velocity, progress_from_rates(head, success, valid) - values
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         cfg = self.config
@@ -405,13 +437,17 @@ class WorldValueModel(nn.Module):
         video_velocity, value_velocity = self(noised, frame_t, batch.text, noised_values, value_t, batch.valid)
         target = self.video.patchify(batch.latents) - self.video.patchify(video_eps)
         video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
-        value_loss = _masked_mse(value_velocity, batch.values - value_eps, batch.valid)
+        if cfg.value_head == "direct":
+            estimate = noised_values + (1 - value_t[:, None]) * value_velocity  # the clean values it implies
+            value_loss = _masked_mse(value_velocity, batch.values - value_eps, batch.valid)
+        else:
+            estimate = noised_values + value_velocity
+            value_loss = _masked_mse(estimate, batch.values, batch.valid)
         total = cfg.value_loss_weight * value_loss + cfg.video_loss_weight * video_loss
         logs = {"value": value_loss.item(), "video": video_loss.item()}
         if cfg.value_delta_weight > 0:
-            # the value estimate at this flow time, differenced along the episode; scaled by the
-            # episode's number of steps so a ramp's step is about 1 whatever N is
-            estimate = noised_values + (1 - value_t[:, None]) * value_velocity
+            # differenced along the episode; scaled by the episode's number of steps so a ramp's
+            # step is about 1 whatever N is
             steps = (lengths - 1).clamp(min=1).float()[:, None]
             pairs = batch.valid[:, 1:] & batch.valid[:, :-1]
             delta_loss = _masked_mse(estimate.diff(dim=1) * steps, batch.values.diff(dim=1) * steps, pairs)
