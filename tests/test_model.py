@@ -14,6 +14,9 @@ from wvm.metrics import auroc, expert_voc, failure_auroc, ground_truth, hesitati
 from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
+# the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
+V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
+VALUE_STREAMS = pytest.mark.parametrize("stream", [{}, V3], ids=["direct", "rates"])
 
 
 def small_model(**overrides) -> WorldValueModel:
@@ -34,8 +37,9 @@ def random_batch(config: WVMConfig, b: int = 3, seed: int = 0) -> Batch:
     )
 
 
-def test_shapes():
-    model = small_model()
+@VALUE_STREAMS
+def test_shapes(stream):
+    model = small_model(**stream)
     cfg = model.config
     batch = random_batch(cfg)
     n = cfg.samples_per_episode
@@ -49,8 +53,9 @@ def test_shapes():
     assert model.encode_frames(frames).shape == (3, n, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
 
 
-def test_value_tokens_never_change_video_outputs():
-    model = small_model()
+@VALUE_STREAMS
+def test_value_tokens_never_change_video_outputs(stream):
+    model = small_model(**stream)
     batch = random_batch(model.config)
     n = model.config.samples_per_episode
     frame_t, t = torch.full((3, n), 0.3), torch.full((3,), 0.3)
@@ -63,8 +68,9 @@ def test_value_tokens_never_change_video_outputs():
     assert not torch.allclose(value_a, value_c)
 
 
-def test_padding_never_changes_real_outputs():
-    model = small_model()
+@VALUE_STREAMS
+def test_padding_never_changes_real_outputs(stream):
+    model = small_model(**stream)
     cfg = model.config
     frames = torch.randint(0, 256, (1, cfg.samples_per_episode, 32, 32, 3), dtype=torch.uint8)
     other = frames.clone()
@@ -74,17 +80,18 @@ def test_padding_never_changes_real_outputs():
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_one_step_inference_is_deterministic_for_a_fixed_seed():
-    cfg = WVMConfig(**SMALL)
+@VALUE_STREAMS
+def test_one_step_inference_is_deterministic_for_a_fixed_seed(stream):
+    cfg = WVMConfig(**SMALL, **stream)
     frames = torch.randint(0, 256, (4, cfg.window_frames, 64, 64, 3), dtype=torch.uint8)
     text, lengths = torch.randn(4, cfg.text_dim), torch.tensor([24, 3, 24, 10])
-    a = small_model().predict(frames, text, lengths)
-    b = small_model().predict(frames, text, lengths)  # a new model, same weights and noise seed
+    a = small_model(**stream).predict(frames, text, lengths)
+    b = small_model(**stream).predict(frames, text, lengths)  # a new model, same weights and noise seed
     assert torch.equal(a, b)
-    alone = small_model().predict(frames[2:3], text[2:3], lengths[2:3])
+    alone = small_model(**stream).predict(frames[2:3], text[2:3], lengths[2:3])
     assert torch.allclose(alone, a[2:3], atol=1e-6)  # an answer does not depend on its batch
-    other_seed = small_model(noise_seed=1)
-    other_seed.load_state_dict(small_model().state_dict())
+    other_seed = small_model(noise_seed=1, **stream)
+    other_seed.load_state_dict(small_model(**stream).state_dict())
     assert not torch.equal(other_seed.predict(frames, text, lengths), a)
 
 
@@ -101,9 +108,10 @@ def _train(model, batch, steps: int, key: str) -> list[float]:
     return losses
 
 
-def test_a_tiny_training_run_lowers_the_value_loss():
+@VALUE_STREAMS
+def test_a_tiny_training_run_lowers_the_value_loss(stream):
     torch.manual_seed(0)
-    model = WorldValueModel(WVMConfig(**SMALL)).train()
+    model = WorldValueModel(WVMConfig(**SMALL, **stream)).train()
     batch = random_batch(model.config, b=16)
     batch.values = torch.sigmoid(batch.latents.mean(dim=(2, 3, 4)) * 4)  # a function of the frames
     losses = _train(model, batch, 80, "value")

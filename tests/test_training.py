@@ -18,6 +18,8 @@ from wvm.train import DataSpec, TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
+# stage 2 as shipped reads other value-stream inputs than stage 1 built: those layers start fresh
+V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 TINY_MODEL = dict(ae_widths=(16, 16, 16), latent_channels=4, video_width=32, value_width=16, depth=2, heads=2, head_dim=8)
 
 
@@ -48,7 +50,7 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     assert first.config.ood_reference > 0  # the OOD reference comes with the encoder
 
     # frozen video stream: stage 1's video weights come through unchanged; the value stream learns
-    frozen = train(tiny_config(store, model={"version": "s2-frozen"}, init_from=str(stage1), freeze_video=True), tmp_path / "frozen", progress=False)
+    frozen = train(tiny_config(store, model={"version": "s2-frozen", **V3}, init_from=str(stage1), freeze_video=True), tmp_path / "frozen", progress=False)
     second = load_model(frozen)
     for key, value in video_state(first.model).items():
         assert torch.equal(second.model.state_dict()[key], value), key
@@ -57,7 +59,7 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     assert "autoencoder" not in {json.loads(line)["phase"] for line in (tmp_path / "frozen" / "log.jsonl").read_text().splitlines()}
 
     # the full stage 2 trains the video stream on from stage 1's weights
-    joint = load_model(train(tiny_config(store, model={"version": "s2"}, init_from=str(stage1)), tmp_path / "joint", progress=False))
+    joint = load_model(train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1)), tmp_path / "joint", progress=False))
     assert torch.equal(joint.model.autoencoder.encoder[0].weight, first.model.autoencoder.encoder[0].weight)
     changed = [k for k, v in video_state(first.model).items() if not torch.equal(joint.model.state_dict()[k], v)]
     assert changed

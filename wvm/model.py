@@ -63,6 +63,7 @@ class WVMConfig:
     value_loss_weight: float = 1.0  # 0 in stage 1 (world-model pretraining)
     value_reads_time: bool = True  # value tokens get the episode-time embedding (v2.0: a ramp shortcut)
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
+    value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
     # "direct": each value token's head is the value's flow velocity. "rates": each token judges
     # the work done since the previous sample (+ progressing, 0 paused, - undoing) and the
@@ -276,17 +277,23 @@ class ValueStream(nn.Module):
         # a return towards the start a local cue; the episode time, one linear step from the
         # expert answer, can be left out so that values must come from the frames.
         self.reads_time, self.reads_motion = config.value_reads_time, config.value_reads_motion
+        self.reads_distances = config.value_reads_distances
         frame_dim = config.tokens_per_frame * config.patch_dim * (3 if self.reads_motion else 1)
+        frame_dim += config.tokens_per_frame * DISTANCE_FEATURES if self.reads_distances else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
         self.success = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1)) if config.value_head == "rates" else None
 
-    def embed(self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         b, n = values.shape
         own = patches.reshape(b, n, -1)
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
+        if self.reads_distances:
+            parts.append(motion_distances(patches, valid).reshape(b, n, -1))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -321,6 +328,27 @@ def episode_time(valid: torch.Tensor) -> torch.Tensor:
     lengths = valid.sum(1, keepdim=True).float()
     index = torch.arange(valid.shape[1], device=valid.device, dtype=torch.float32)[None]
     return (index / (lengths - 1).clamp(min=1.0)).clamp(max=1.0)
+
+
+DISTANCE_FEATURES = 4
+
+
+def motion_distances(patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per sample and spatial token (B, N, tokens, 4): the RMS latent distance to the previous
+    sample (is anything moving here), to the first and to the last sample, and how much closer
+    to the last sample this one is than the previous (approaching the end state, or moving away
+    from it as in a retry). A linear layer cannot take a norm, and these are the cues that hold
+    on any task: still frames are a pause, a return towards earlier states is a regression."""
+    lengths = valid.sum(1).clamp(min=1)
+    last = patches.gather(1, (lengths - 1).view(-1, 1, 1, 1).expand(-1, 1, *patches.shape[2:]))
+    previous = torch.cat([patches[:, :1], patches[:, :-1]], dim=1)
+
+    def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).pow(2).mean(-1).add(1e-8).sqrt()
+
+    to_last = rms(patches, last)
+    approach = rms(previous, last) - to_last
+    return torch.stack([rms(patches, previous), rms(patches, patches[:, :1]), to_last, approach], dim=-1)
 
 
 def progress_from_rates(rates: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -399,7 +427,7 @@ class WorldValueModel(nn.Module):
         where = episode_time(valid)
         patches = self.video.patchify(latents)
         x = self.video.embed(patches, text, frame_t, where)
-        y = self.value.embed(values, value_t, where, patches, frame_t)
+        y = self.value.embed(values, value_t, where, patches, frame_t, valid)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid[:, None, None]
