@@ -152,3 +152,22 @@ def test_server_stopped_mid_run_client_retries_then_fails(shipped_checkpoint, tm
         handler.run_batch(frames[:8], texts[:8], lengths[:8])
     assert time.monotonic() - started >= 0.2 + 0.4 + 0.8  # backed off between attempts
     handler.close()
+
+
+def test_stub_environment_is_per_installation_and_built_once_when_raced(tmp_path, monkeypatch):
+    # two servers of one checkout starting at once, and another checkout's cache beside it
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wvm.serving import server
+
+    monkeypatch.setenv("WVM_CACHE", str(tmp_path))
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: server.prepare_stub_env(), range(2))
+    assert first == second and (first / ".wvm-ready").exists()
+    leftovers = [p.name for p in first.parent.iterdir() if p != first]
+    assert leftovers == []  # the loser's build is cleaned up
+    numpy = subprocess.run([str(first / "bin" / "python"), "-c", "import numpy; print(numpy.__version__)"], capture_output=True, text=True)
+    assert numpy.stdout.startswith("1.26"), numpy.stderr
+    monkeypatch.setattr(server, "_site_packages", lambda: tmp_path / "another-checkout" / "site-packages")
+    assert server.stub_env_path() != first and server.stub_env_path().parent == first.parent

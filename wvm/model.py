@@ -10,7 +10,17 @@ every layer (Mixture-of-Transformers: separate weights, one attention):
   y - eps). Stage 1 trains it alone, on every video we have (no labels needed); stage 2 adds
   the value stream and trains both;
 - the **value stream** (narrow) holds one value token per sample; the values are flow-matched
-  the same way.
+  the same way. Each value token also reads its own frame, how it moved from the previous
+  sample and how far it is from the first and last samples (`motion_distances`).
+
+What the value stream predicts (`value_head`). v2 predicted each value directly and gave every
+token its position in the episode: it learnt the time ramp and ignored the frames
+(reports/experiments.md). v3 ("rates") predicts per sample the work done since the previous
+sample (about 1 working, 0 paused, -1 undoing) and per episode whether it succeeds; values are
+the running sum of the rates, scaled to end at 1 on success (`progress_from_rates`, which gives
+exactly the ground-truth formulas). Even pace is the default the frames must argue against,
+and the level of progress is never guessed from appearance, which does not carry over to
+unseen tasks. No episode-time input reaches the value tokens.
 
 The mask is asymmetric: value tokens attend to video and value tokens; video tokens never attend
 to value tokens. We compute it as two attention calls, video->video and value->(video+value),

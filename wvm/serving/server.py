@@ -11,6 +11,7 @@ Two things the bundled binary needs that the wheel does not set up:
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -76,24 +77,37 @@ def prepare_backends() -> Path:
     return target
 
 
+def stub_env_path() -> Path:
+    """One stub environment per installation (keyed by its site-packages): two checkouts on one
+    machine never rebuild each other's."""
+    return cache_dir() / "triton" / f"stub-env-py{_PY}-{hashlib.sha1(str(_site_packages()).encode()).hexdigest()[:10]}"
+
+
 def prepare_stub_env() -> Path:
-    """The stub's Python environment: numpy 1.26 first, then everything installed here."""
-    env = cache_dir() / "triton" / f"stub-env-py{_PY}"
-    done = env / ".wvm-ready"
-    site = _site_packages()
-    if done.exists() and done.read_text() == str(site):
+    """The stub's Python environment: numpy 1.26 first, then everything installed here. Built
+    aside and moved in place, so two servers starting at once never see a half-built one."""
+    site, env = _site_packages(), stub_env_path()
+    if (env / ".wvm-ready").exists():
         return env
     log.info("preparing the Triton stub environment in %s (numpy 1 for the stub, once)", env)
-    shutil.rmtree(env, ignore_errors=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(env)], check=True)
-    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", STUB_NUMPY]
-    result = subprocess.run(pip, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ServerError(f"could not install {STUB_NUMPY} for the Triton stub: {result.stderr.strip()[-500:]}")
-    env_site = next((env / "lib").glob("python*/site-packages"))
-    (env_site / "zz_wvm_main_env.pth").write_text(f"import site; site.addsitedir({str(site)!r})\n")
-    done.write_text(str(site))
+    env.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=env.name + ".tmp-", dir=env.parent))
+    try:
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(tmp)], check=True)
+        pip = [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", STUB_NUMPY]
+        result = subprocess.run(pip, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServerError(f"could not install {STUB_NUMPY} for the Triton stub: {result.stderr.strip()[-500:]}")
+        env_site = next((tmp / "lib").glob("python*/site-packages"))
+        (env_site / "zz_wvm_main_env.pth").write_text(f"import site; site.addsitedir({str(site)!r})\n")
+        (tmp / ".wvm-ready").write_text(str(site))
+        try:
+            os.replace(tmp, env)  # a venv runs from wherever it lies: its python finds its own lib/
+        except OSError:  # another process got there first (target exists and is not empty): use theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return env
 
 
