@@ -1,19 +1,16 @@
 """What every flow needs from Prefect: the Dask task runner, progress artifacts, and the
-concurrency guard that keeps two runs from writing the same output."""
+guard that keeps two runs from writing the same output."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 
-from prefect import get_client
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect_dask import DaskTaskRunner
+
+from pipelines.lease import OutputLease
 
 
 def dask_task_runner() -> DaskTaskRunner:
@@ -35,22 +32,13 @@ class Progress:
         update_progress_artifact(self.id, progress=100.0 * done / max(total, 1))
 
 
-def limit_name(output: str) -> str:
-    return "wvm-output-" + hashlib.sha1(output.rstrip("/").encode()).hexdigest()[:12]
-
-
 @contextlib.contextmanager
 def exclusive(output: str, timeout_s: float = 6 * 3600):
-    """Hold the output's global concurrency slot (limit 1) for the duration: a second run on
-    the same output waits. Strict: without the limit we refuse to run rather than race."""
-    name = limit_name(output)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    with concurrency(name, occupy=1, strict=True, timeout_seconds=timeout_s):
+    """One run per output: a second run on the same output waits (up to `timeout_s`) for the
+    first. The lease lives on the output's own filesystem, not in a Prefect server: a killed
+    run's lease is taken over at once on the same machine, or when it expires (pipelines.lease),
+    where a Prefect concurrency slot would stay taken with its dead server."""
+    with OutputLease(output, "nightly", wait_s=timeout_s):
         yield
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
+from pipelines.lease import holds_data
 from pipelines.store import open_zarr_group, read_failures, update_failures, utcnow
 from schemas import labels as spec
 from schemas.validate import conform
@@ -46,7 +47,7 @@ class LabelsStore:
                     f"this wvm reads {spec.LABELS_FORMAT!r} version {spec.LABELS_SCHEMA_VERSION}. Use another --out."
                 )
         elif create:
-            if self.fs.exists(self.root) and self.fs.ls(self.root):
+            if holds_data(self.fs, self.root):
                 raise LabelsError(f"{self.url}: not empty and not a wvm labels directory; refusing to write into it")
             fsx.write_json_atomic(self.fs, marker, {"format": spec.LABELS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION})
         else:

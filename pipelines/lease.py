@@ -27,6 +27,19 @@ class OutputBusy(WvmError):
     pass
 
 
+def holds_data(fs, root: str) -> bool:
+    """Whether an output directory holds anything but a lease (its writer may take the lease
+    before it creates the store)."""
+    if not fs.exists(root):
+        return False
+    return any(p.rstrip("/").rsplit("/", 1)[-1] != LEASE_FILE for p in fs.ls(root, detail=False))
+
+
+# Leases this thread holds: a flow that holds its output's lease may call the pipeline that
+# takes the same lease (re-entrant per thread; another thread of this process must wait).
+_held = threading.local()
+
+
 def _dead_here(holder: dict) -> bool:
     """The holder ran on this machine and its process is gone (killed): no need to wait out
     its lease. Holders on other machines are only judged by their expiry."""
@@ -43,10 +56,11 @@ def _dead_here(holder: dict) -> bool:
 
 class OutputLease:
     """`with OutputLease(url, "relabel"):` holds `url/.wvm-lease.json` while the block runs,
-    renewing it every `ttl / 4` seconds; another run gets `OutputBusy` naming the holder."""
+    renewing it every `ttl / 4` seconds; another run gets `OutputBusy` naming the holder, or
+    waits up to `wait_s` for it to finish."""
 
-    def __init__(self, url: str, purpose: str, ttl: float = LEASE_SECONDS):
-        self.url, self.purpose, self.ttl = url.rstrip("/"), purpose, ttl
+    def __init__(self, url: str, purpose: str, ttl: float = LEASE_SECONDS, wait_s: float = 0.0):
+        self.url, self.purpose, self.ttl, self.wait_s = url.rstrip("/"), purpose, ttl, wait_s
         self.fs, root = fsx.filesystem(self.url)
         self.path = fsx.join(root, LEASE_FILE)
         self.token = uuid.uuid4().hex
@@ -78,6 +92,18 @@ class OutputLease:
             return False
 
     def acquire(self) -> None:
+        """Take the lease, or raise OutputBusy; with `wait_s`, keep trying that long first (a
+        dead holder's lease expires within `ttl`, so waiting never outlasts a crash)."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                return self._try_acquire()
+            except OutputBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+    def _try_acquire(self) -> None:
         for _ in range(3):
             if self._create():
                 break
@@ -118,8 +144,17 @@ class OutputLease:
             self.fs.rm(self.path)
 
     def __enter__(self) -> OutputLease:
-        self.acquire()
+        held = _held.__dict__.setdefault("paths", {})
+        self._nested = self.path in held
+        if not self._nested:
+            self.acquire()
+        held[self.path] = held.get(self.path, 0) + 1
         return self
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        held = _held.__dict__["paths"]
+        held[self.path] -= 1
+        if not held[self.path]:
+            del held[self.path]
+        if not self._nested:
+            self.release()

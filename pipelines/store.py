@@ -23,6 +23,7 @@ from zarr.codecs import BloscCodec
 
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
+from pipelines.lease import holds_data
 from schemas import episode_store as layout
 from schemas.validate import conform
 
@@ -91,7 +92,7 @@ class EpisodeStore:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             if not create:
                 raise StoreError(f"{self.url}: no episode store here (run `wvm ingest` first)") from None
-            if self.fs.exists(self.root) and self.fs.ls(self.root):
+            if holds_data(self.fs, self.root):
                 raise StoreError(f"{self.url}: exists and is not an episode store; refusing to write into it")
             root = open_zarr_group(self.url, mode="w")
             root.attrs.update({"format": layout.STORE_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION})
