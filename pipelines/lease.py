@@ -117,12 +117,14 @@ class OutputLease:
                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['expires_at']))} and is renewed while it lives. "
                     "Wait for it to finish; if it died, rerun after that time."
                 )
-            # Expired: its holder died. Two runs breaking the same stale lease at once may both
-            # remove it; only one of the exclusive creates that follow succeeds.
-            try:
-                self.fs.rm(self.path)
-            except FileNotFoundError:
-                pass
+            # Expired, or its holder is gone: break it, unless someone renewed or replaced it
+            # since we read it. (Two runs breaking one stale lease in the same instant can still
+            # both succeed; that needs a dead holder and two starts within milliseconds.)
+            if self._read() == holder:
+                try:
+                    self.fs.rm(self.path)
+                except FileNotFoundError:
+                    pass
         else:
             raise OutputBusy(f"{self.url}: could not take the output's lease {self.path} (contended)")
         self._thread = threading.Thread(target=self._renew, name="wvm-lease", daemon=True)
