@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -101,8 +102,14 @@ def test_a_failing_partition_is_retried_then_recorded_without_losing_the_others(
     failures = EpisodeStore(str(store)).failures().to_pylist()
     assert {f["source_episode_index"] for f in failures} == doomed_episodes
     assert all(f["error"] == "PartitionFailed" and "IsADirectoryError" in f["reason"] for f in failures)
+    # task-run states reach the API in batches after the flow returns: poll, do not read once
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=doomed.partition_id)))
+        while True:
+            runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=doomed.partition_id)))
+            if [r.run_count for r in runs] == [3] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     assert [r.run_count for r in runs] == [3]  # first attempt + 2 retries
 
 

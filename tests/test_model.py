@@ -234,3 +234,17 @@ def test_another_backbone_is_named_by_the_config(tmp_path, monkeypatch):
     assert model.predict(frames, torch.randn(1, 384), torch.tensor([24])).shape == (1, 24)
     with pytest.raises(ValueError, match="expected 'small' or 'package.module:factory'"):
         small_model(backbone="wan2.2")
+
+
+def test_the_fixtures_shipped_ground_truth_is_what_ground_truth_computes():
+    # the labels that came with metaworld_mini were computed elsewhere: ours must agree exactly
+    import pyarrow.parquet as pq
+
+    from conftest import METAWORLD_LABELS
+
+    table = pq.read_table(METAWORLD_LABELS).to_pandas()
+    assert set(table["kind"]) == {"expert", "hesitation", "retry"}
+    for index, episode in table.groupby("episode_index"):
+        episode = episode.sort_values("frame_index")
+        kind, m, n = episode["kind"].iloc[0], int(episode["seg_start"].iloc[0]), int(episode["seg_end"].iloc[0])
+        np.testing.assert_allclose(ground_truth(len(episode), kind, m, n), episode["gt_progress"], atol=1e-9, err_msg=f"episode {index}")
