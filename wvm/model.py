@@ -97,6 +97,10 @@ class WVMConfig:
     kind: str = "wvm"  # wvm | static (the per-frame baseline)
     version: str = "dev"
 
+    def __post_init__(self):
+        if self.value_head not in ("direct", "rates"):
+            raise ValueError(f"value_head must be 'direct' or 'rates', got {self.value_head!r}")
+
     @property
     def latent_size(self) -> int:
         return self.image_size // 2 ** len(self.ae_widths)
