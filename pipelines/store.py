@@ -218,6 +218,9 @@ class _ShardedAppender:
         if self.buffer:
             block, rows = np.stack(self.buffer), slice(self.flushed, self.position)
             self.wait()
+            if self.position > self.array.shape[0]:  # grow (metadata only), doubling, whole shards
+                grown = max(self.position, 2 * self.array.shape[0])
+                self.array.resize((-(-grown // self.rows_per_shard) * self.rows_per_shard, *self.array.shape[1:]))
             self.pending = self.writes.submit(self.array.__setitem__, rows, block)
             self.flushed, self.buffer = self.position, []
 
@@ -253,7 +256,9 @@ class PartitionWriter:
         for camera, (h, w) in cameras.items():
             array = images.create_array(
                 camera,
-                shape=(max(capacity, 1), h, w, 3),
+                # the claimed frame count is only a hint (metadata can lie: 1e12 frames); the
+                # appender grows the array as rows arrive
+                shape=(max(min(capacity, 4 * rows_per_shard), 1), h, w, 3),
                 dtype="uint8",
                 chunks=(frames_per_chunk, h, w, 3),
                 # Index first: readers fetch it with a plain range request (some object stores

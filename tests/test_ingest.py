@@ -370,3 +370,14 @@ def test_metadata_that_is_not_utf8(g1_small, tmp_path):
     path.write_bytes(path.read_bytes().replace(b'"task": "', b'"task": "\xff\xfe'))
     with pytest.raises(DatasetError, match=r"tasks\.jsonl: metadata file is not UTF-8 text"):
         ingest(g1_small, tmp_path / "store")
+
+
+def test_an_absurd_claimed_length_fails_only_its_episode(metaworld_copy, tmp_path):
+    path = metaworld_copy / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    lengths = table.column("length").to_pylist()
+    lengths[3] = 10**12  # the metadata claims a trillion frames
+    pq.write_table(table.set_column(table.schema.get_field_index("length"), "length", pa.array(lengths, table.schema.field("length").type)), path)
+    summary = ingest(metaworld_copy, tmp_path / "store", on_error="skip", partition_frames=150)
+    assert summary.failed == 1
+    _only_episode_failed(tmp_path / "store", 3, "episode metadata says length 1000000000000", total=18)
