@@ -69,7 +69,7 @@ def atomic_write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     """
     if _is_local(fs):
         fs.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"  # pipelines.lease.holds_data knows this name
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

@@ -29,10 +29,12 @@ class OutputBusy(WvmError):
 
 def holds_data(fs, root: str) -> bool:
     """Whether an output directory holds anything but a lease (its writer may take the lease
-    before it creates the store)."""
+    before it creates the store) or a file another wvm writer is writing right now (the
+    temporary sibling of an atomic write, e.g. the store's marker while two runs create it)."""
     if not fs.exists(root):
         return False
-    return any(p.rstrip("/").rsplit("/", 1)[-1] != LEASE_FILE for p in fs.ls(root, detail=False))
+    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    return any(name != LEASE_FILE and ".tmp-" not in name for name in names)
 
 
 # Leases this thread holds: a flow that holds its output's lease may call the pipeline that

@@ -31,6 +31,8 @@ def test_a_lease_alone_does_not_make_a_directory_hold_data(tmp_path):
     fs, root = fsx.filesystem(str(tmp_path))
     with OutputLease(str(tmp_path), "ingest"):
         assert not holds_data(fs, root)  # a store may still be created here
+        (tmp_path / "wvm_labels.json.tmp-0123abcd").write_text("{}")  # another run writing its marker
+        assert not holds_data(fs, root)
         (tmp_path / "notes.txt").write_text("mine")
         assert holds_data(fs, root)
 
