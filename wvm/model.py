@@ -75,6 +75,9 @@ class WVMConfig:
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
+    # "rates" head only: cross-entropy of its success probability against whether the episode's
+    # ground truth ends at 1; otherwise success is learnt only through the values it scales
+    value_success_weight: float = 0.0
     # "direct": each value token's head is the value's flow velocity. "rates": each token judges
     # the work done since the previous sample (+ progressing, 0 paused, - undoing) and the
     # episode whether it succeeds; values are the running sum of the rates (see progress_from_rates)
@@ -100,6 +103,8 @@ class WVMConfig:
     def __post_init__(self):
         if self.value_head not in ("direct", "rates"):
             raise ValueError(f"value_head must be 'direct' or 'rates', got {self.value_head!r}")
+        if self.value_success_weight > 0 and self.value_head != "rates":
+            raise ValueError("value_success_weight needs value_head 'rates' (the direct head has no success probability)")
 
     @property
     def latent_size(self) -> int:
@@ -436,6 +441,13 @@ class WorldValueModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocities for every latent patch (B, N, tokens, patch_dim) and every value (B, N).
         `latents` holds clean (frame_t = 1) and noised frames; `values` the noised values."""
+        video_velocity, value_velocity, _ = self.joint(latents, frame_t, text, values, value_t, valid)
+        return video_velocity, value_velocity
+
+    def joint(
+        self, latents: torch.Tensor, frame_t: torch.Tensor, text: torch.Tensor, values: torch.Tensor, value_t: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`forward` plus the rates head's success probability (B,) (None for the direct head)."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
         where = episode_time(valid)
@@ -450,12 +462,12 @@ class WorldValueModel(nn.Module):
         video_velocity = self.video.head(x[:, 1:]).view(b, n, tpf, -1)
         head = self.value.head(y).squeeze(-1)
         if self.config.value_head == "direct":
-            return video_velocity, head
+            return video_velocity, head, None
         pooled = (y * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
         success = torch.sigmoid(self.value.success(pooled).squeeze(-1))
         # the clean values are predicted outright; as a velocity from the noised input that is
         # what one Euler step from t = 0 (inference) lands on
-        return video_velocity, progress_from_rates(head, success, valid) - values
+        return video_velocity, progress_from_rates(head, success, valid) - values, success
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         cfg = self.config
@@ -476,7 +488,7 @@ class WorldValueModel(nn.Module):
         value_t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
         value_eps = torch.randn_like(batch.values)
         noised_values = value_t[:, None] * batch.values + (1 - value_t[:, None]) * value_eps
-        video_velocity, value_velocity = self(noised, frame_t, batch.text, noised_values, value_t, batch.valid)
+        video_velocity, value_velocity, success = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid)
         target = self.video.patchify(batch.latents) - self.video.patchify(video_eps)
         video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
         if cfg.value_head == "direct":
@@ -495,6 +507,12 @@ class WorldValueModel(nn.Module):
             delta_loss = _masked_mse(estimate.diff(dim=1) * steps, batch.values.diff(dim=1) * steps, pairs)
             total = total + cfg.value_loss_weight * cfg.value_delta_weight * delta_loss
             logs["delta"] = delta_loss.item()
+        if cfg.value_success_weight > 0:
+            # success = the ground truth reaches 1 (wvm.metrics.ground_truth: only a failed episode does not)
+            final = batch.values.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+            success_loss = F.binary_cross_entropy(success.clamp(1e-6, 1 - 1e-6), (final > 0.99).to(success.dtype))
+            total = total + cfg.value_loss_weight * cfg.value_success_weight * success_loss
+            logs["success"] = success_loss.item()
         return total, {"loss": total.item(), **logs}
 
     @torch.no_grad()
