@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import METAWORLD_MINI
 
-from pipelines.lerobot import LeRobotDataset, LeRobotV3Writer
+from pipelines.sources.lerobot import LeRobotSource, LeRobotV3Writer
 
 # Peak memory of one command: a fresh wrapper process runs it, and its RUSAGE_CHILDREN max RSS
 # is exactly that one run.
@@ -26,13 +26,13 @@ _PEAK_RSS = (
 
 def replicate(scale: int, out: Path) -> Path:
     """A LeRobot v3 dataset holding metaworld_mini's episodes `scale` times."""
-    source = LeRobotDataset(str(METAWORLD_MINI))
+    source = LeRobotSource(str(METAWORLD_MINI))
     camera = source.cameras[0]
     episodes = []
     for e in source.episodes():
         table = source.read_frames(e)
-        episodes.append((np.stack(list(source.decode(e, camera, table.timestamp))), table, e.task))
-    writer = LeRobotV3Writer(str(out), fps=int(source.fps), robot_type=source.robot_type, cameras={camera: source.camera_shape(camera)}, state_dim=4, action_dim=4)
+        episodes.append((np.stack(list(source.decode(e, camera, table, np.arange(len(table))))), table, e.task))
+    writer = LeRobotV3Writer(str(out), fps=int(source.fps), robot_type=source.embodiment, cameras={camera: source.camera_shape(camera)}, state_dim=4, action_dim=4)
     for _ in range(scale):
         for frames, table, task in episodes:
             writer.add_episode({camera: frames}, table.state, table.action, task)

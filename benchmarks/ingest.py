@@ -21,20 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import ROOT, memory_growth, replicate, write_results
 
 from pipelines.engines.dask import DaskEngine
 from pipelines.ingest import IngestConfig, run_ingest
-from pipelines.lerobot import LeRobotDataset
+from pipelines.sources import open_source
 
 
 def decode_only(dataset: Path) -> tuple[float, int]:
-    source = LeRobotDataset(str(dataset))
+    source = open_source(str(dataset))
     start, frames = time.perf_counter(), 0
     for e in source.episodes():
         table = source.read_frames(e)
         for camera in source.cameras:
-            frames += sum(1 for _ in source.decode(e, camera, table.timestamp))
+            frames += sum(1 for _ in source.decode(e, camera, table, np.arange(len(table))))
     return time.perf_counter() - start, frames
 
 

@@ -27,19 +27,19 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, memory_growth, replicate, write_results
 
-from pipelines.lerobot import LeRobotDataset
+from pipelines.sources import open_source
 from wvm.handlers import LocalHandler
 from wvm.windows import EpisodeChain, label_episodes
 
 
 def decode_only(dataset: Path, geometry) -> tuple[float, int, dict]:
-    source = LeRobotDataset(str(dataset))
+    source = open_source(str(dataset))
     camera = source.cameras[0]
     start, frames, sampled = time.perf_counter(), 0, {}
     for e in source.episodes():
         table = source.read_frames(e)
         chain = EpisodeChain(str(e.index), e.length, source.fps, e.task, geometry)
-        sampled[e.index] = (chain, np.stack(list(source.decode(e, camera, table.timestamp[chain.samples]))))
+        sampled[e.index] = (chain, np.stack(list(source.decode(e, camera, table, chain.samples))))
         frames += e.length
     return time.perf_counter() - start, frames, sampled
 

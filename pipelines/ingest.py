@@ -3,8 +3,6 @@ of them on an engine, record failures. Reruns skip what is stored with the same 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,8 +11,8 @@ from tqdm import tqdm
 
 from pipelines.engines.base import Engine
 from pipelines.errors import EpisodeError, PartitionFailed
-from pipelines.lerobot import LeRobotDataset
-from pipelines.stages.ingest import DecodeOptions, IngestPartition, PartitionTask, failure_record, failure_row
+from pipelines.sources import Partition, open_source, plan_partitions
+from pipelines.stages.ingest import DecodeOptions, IngestPartition, failure_record, failure_row
 from pipelines.store import EpisodeStore
 from schemas import episode_store as layout
 
@@ -31,7 +29,7 @@ class IngestConfig:
 @dataclass
 class IngestPlan:
     source_uri: str
-    tasks: list[PartitionTask]
+    tasks: list[Partition]
     source_episodes: int
     already_stored: int
 
@@ -59,31 +57,15 @@ def new_run_id() -> str:
 
 
 def plan_ingest(config: IngestConfig) -> IngestPlan:
-    """Group the source episodes not yet stored (same id and fingerprint) into partitions.
-
-    Partitions are fixed blocks of the source's episode order (about `partition_frames` frames
-    each) minus what is stored, and a partition's id hashes its members, so a rerun after a
-    crash plans the very same partitions.
-    """
-    source = LeRobotDataset(config.source)
+    """Partitions of the source episodes the store lacks (same id and fingerprint); see
+    pipelines.sources.plan_partitions. The source is read and checked before the store exists."""
+    source = open_source(config.source)
     config.decode.select_cameras(source)  # fail before any work on an unknown camera
     episodes = source.episodes(decode_options=config.decode.fingerprint_part())  # bad metadata: fail before writing
     store = EpisodeStore(config.store, create=True)
     stored = store.episodes()
     have = set(zip(stored.column("episode_id").to_pylist(), stored.column("fingerprint").to_pylist()))
-    blocks: list[list] = [[]]
-    for episode in episodes:
-        if blocks[-1] and sum(e.length for e in blocks[-1]) + episode.length > config.partition_frames:
-            blocks.append([])
-        blocks[-1].append(episode)
-    tasks, already = [], 0
-    for block in blocks:
-        todo = [e for e in block if (layout.episode_id(e.source_uri, e.index), e.fingerprint) not in have]
-        already += len(block) - len(todo)
-        if todo:
-            members = [(e.source_uri, e.index, e.fingerprint) for e in todo]
-            pid = hashlib.sha1(json.dumps(members).encode()).hexdigest()[:16]
-            tasks.append(PartitionTask(pid, tuple(todo)))
+    tasks, already = plan_partitions(episodes, lambda e: (layout.episode_id(e.source_uri, e.index), e.fingerprint) in have, config.partition_frames, source)
     return IngestPlan(source.uri, tasks, len(episodes), already)
 
 
@@ -110,7 +92,7 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, o
             for result in engine.map(stage, plan.tasks, skip_failed=skip):
                 if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
                     failures += [
-                        failure_record(e.source_uri, e.index, file=e.data_path, stage="ingest", error="PartitionFailed",
+                        failure_record(e.source_uri, e.index, file=e.file, stage="ingest", error="PartitionFailed",
                                        reason=result.reason, run_id=run_id)
                         for e in by_id[result.key].episodes
                     ]  # fmt: skip

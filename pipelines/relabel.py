@@ -4,8 +4,6 @@ publish. Reruns skip what is labelled; new source episodes are labelled on the n
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -16,21 +14,22 @@ from pipelines.errors import EpisodeError, PartitionFailed
 from pipelines.ingest import new_run_id
 from pipelines.labels_store import LabelsStore
 from pipelines.lease import OutputLease
-from pipelines.lerobot import LeRobotDataset, is_lerobot_dataset
+from pipelines.sources import Source, open_source, plan_partitions
 from pipelines.stages.ingest import failure_record, failure_row
 from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask, ModelSpec
-from pipelines.store import EpisodeStore, utcnow
+from pipelines.store import utcnow
 from schemas import labels as spec
 from schemas.episode_store import episode_id
 
 
 @dataclass(frozen=True)
 class RelabelConfig:
-    source: str  # LeRobot dataset or episode store
+    source: str  # any dataset pipelines.sources reads, or an episode store
     dst: str
     model: ModelSpec = ModelSpec()
-    camera: str | None = None  # default: the first camera of each episode
-    partition_frames: int = 2000  # LeRobot sources: frames per partition
+    camera: str | None = None  # default: each source's default camera (the first third-person one)
+    camera_by_embodiment: tuple[tuple[str, str], ...] = ()  # (embodiment, camera) pairs, before `camera`
+    partition_frames: int = 2000  # frames per partition
     on_error: str = "fail"  # fail | skip
     advantage_horizon: int = spec.ADVANTAGE_HORIZON
     batch_size: int = 64
@@ -39,7 +38,6 @@ class RelabelConfig:
 
 @dataclass
 class RelabelPlan:
-    source_kind: str
     source_uri: str
     tasks: list[LabelTask]
     source_episodes: int
@@ -70,104 +68,48 @@ class RelabelSummary:
         return d
 
 
-def _partition_id(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
-
-
-def plan_relabel(config: RelabelConfig, done: set[tuple[str, str]]) -> RelabelPlan:
-    if is_lerobot_dataset(config.source):
-        return _plan_lerobot(config, done)
-    return _plan_store(config, done)
-
-
-def _plan_store(config: RelabelConfig, done: set[tuple[str, str]]) -> RelabelPlan:
-    """Episode-store sources: one task per store partition, aligned to its rows."""
-    store = EpisodeStore(config.source)
-    manifest = store.episodes().to_pylist()
-    tasks, already, current = [], 0, set()
-    by_partition: dict[str, list[dict]] = {}
-    for row in manifest:
-        current.add((row["episode_id"], row["fingerprint"]))
-        if (row["episode_id"], row["fingerprint"]) in done:
-            already += 1
-        else:
-            by_partition.setdefault(row["partition_path"], []).append(row)
-    for path, rows in sorted(by_partition.items()):
-        episodes = tuple(
-            LabelEpisode(
-                episode_id=r["episode_id"],
-                fingerprint=r["fingerprint"],
-                source_uri=r["source_uri"],
-                episode_index=r["source_episode_index"],
-                task=r["task"],
-                embodiment=r["embodiment"],
-                fps=r["fps"],
-                length=r["length"],
-                camera=_camera(config, r["cameras"], config.source),
-                offset=r["offset"],
-                store_row=tuple(r.items()),
-                has_source_index=r["source_format"].startswith("lerobot/"),
+def plan_relabel(config: RelabelConfig, source: Source, episodes: list, done: set[tuple[str, str]]) -> RelabelPlan:
+    """Partitions of the source's episodes this model version has not labelled (same id and
+    fingerprint), as ingest plans them (pipelines.sources.plan_partitions)."""
+    ids = {(e.source_uri, e.index): episode_id(e.source_uri, e.index) for e in episodes}
+    current = {(ids[e.source_uri, e.index], e.fingerprint) for e in episodes}
+    partitions, already = plan_partitions(episodes, lambda e: (ids[e.source_uri, e.index], e.fingerprint) in done, config.partition_frames, source)
+    tasks = []
+    for partition in partitions:
+        label_episodes, rows = [], 0
+        for e in partition.episodes:
+            context = source.context(e)
+            # progress rows keep the source's own row layout where it has one (joins row for row)
+            layout = source.row_layout(e)
+            offset = layout[1] if layout else rows
+            label_episodes.append(
+                LabelEpisode(
+                    episode_id=ids[e.source_uri, e.index],
+                    fingerprint=e.fingerprint,
+                    source_uri=e.source_uri,
+                    episode_index=e.index,
+                    task=e.task,
+                    embodiment=context.embodiment,
+                    fps=context.fps,
+                    length=e.length,
+                    camera=_camera(config, context, e),
+                    offset=offset,
+                    source=e,
+                    has_source_index=context.has_global_index,
+                )
             )
-            for r in rows
-        )
-        pid = _partition_id(path, [(e.episode_id, e.fingerprint) for e in episodes])
-        tasks.append(LabelTask(pid, store.partition_rows(rows[0]), episodes))
-    return RelabelPlan("store", store.url, tasks, len(manifest), already, current)
+            rows = layout[2] if layout else rows + e.length
+        tasks.append(LabelTask(partition.partition_id, rows, tuple(label_episodes)))
+    return RelabelPlan(source.uri, tasks, len(episodes), already, current)
 
 
-def _plan_lerobot(config: RelabelConfig, done: set[tuple[str, str]]) -> RelabelPlan:
-    """LeRobot sources: fixed blocks of the episode order, as in ingest."""
-    dataset = LeRobotDataset(config.source)
-    episodes = dataset.episodes()
-    camera = _camera(config, dataset.cameras, config.source)
-    tasks, already, current = [], 0, set()
-    block, frames = [], 0
-
-    def flush() -> None:
-        todo = [e for e in block if (episode_id(e.source_uri, e.index), e.fingerprint) not in done]
-        if not todo:
-            return
-        offsets, rows = [], 0
-        for e in todo:
-            offsets.append(rows)
-            rows += e.length
-        label_episodes = tuple(
-            LabelEpisode(
-                episode_id=episode_id(e.source_uri, e.index),
-                fingerprint=e.fingerprint,
-                source_uri=e.source_uri,
-                episode_index=e.index,
-                task=e.task,
-                embodiment=dataset.robot_type,
-                fps=dataset.fps,
-                length=e.length,
-                camera=camera,
-                offset=offset,
-                source=e,
-            )
-            for e, offset in zip(todo, offsets)
-        )
-        tasks.append(LabelTask(_partition_id([(e.episode_id, e.fingerprint) for e in label_episodes]), rows, label_episodes))
-
-    for e in episodes:
-        pair = (episode_id(e.source_uri, e.index), e.fingerprint)
-        current.add(pair)
-        already += pair in done
-        if block and frames + e.length > config.partition_frames:
-            flush()
-            block, frames = [], 0
-        block.append(e)
-        frames += e.length
-    flush()
-    return RelabelPlan("lerobot", dataset.uri, tasks, len(episodes), already, current)
-
-
-def _camera(config: RelabelConfig, cameras, source: str) -> str:
-    if config.camera is None:
-        return cameras[0]
-    if config.camera not in cameras:
-        raise EpisodeError(f"camera {config.camera!r} not in source; it has {list(cameras)}", file=source, episode=-1)
-    return config.camera
+def _camera(config: RelabelConfig, context, episode) -> str:
+    camera = dict(config.camera_by_embodiment).get(context.embodiment, config.camera)
+    if camera is None:
+        return context.cameras[0]
+    if camera not in context.cameras:
+        raise EpisodeError(f"camera {camera!r} not in source; it has {list(context.cameras)}", file=episode.file, episode=episode.index)
+    return camera
 
 
 def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True, on_progress=None) -> RelabelSummary:
@@ -180,6 +122,8 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
     with config.model.handler() as handler:
         version, checkpoint_hash = handler.version, handler.checkpoint_hash
     key = spec.model_key(version, checkpoint_hash)
+    source = open_source(config.source)  # a bad source fails here, before the output exists
+    episodes = source.episodes()
     labels_store = LabelsStore(config.dst, create=True)
     # one writer at a time: a second relabel into the same output gets a clear OutputBusy
     with OutputLease(config.dst, "relabel"):
@@ -195,10 +139,9 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
         )
         committed = labels.committed()
         done = set(zip(committed.column("episode_id").to_pylist(), committed.column("source_fingerprint").to_pylist()))
-        plan = plan_relabel(config, done)
+        plan = plan_relabel(config, source, episodes, done)
         stage = LabelPartition(
             source_url=config.source,
-            source_kind=plan.source_kind,
             dst_url=config.dst,
             model_key=key,
             model=config.model,

@@ -27,14 +27,16 @@ def ingest(src, out, on_error="fail", engine=None, **kwargs):
     return run_ingest(config, engine or LocalEngine(), progress=False)
 
 
-def pyav_frames(path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(presentation times, frames) of every frame of a video, decoded with plain PyAV."""
+def pyav_frames(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(presentation times, frames) of every frame of a video, decoded with plain PyAV and
+    area-resized to `size` (height, width) when given."""
     times, frames = [], []
+    resize = {"height": size[0], "width": size[1], "interpolation": "AREA"} if size else {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
             times.append(float(frame.pts * stream.time_base))
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(frame.to_ndarray(format="rgb24", **resize))
     return np.array(times), frames
 
 
@@ -55,9 +57,11 @@ def store_content(url: str) -> dict:
     return content
 
 
-def check_against_source(store_url: str, dataset: Path, video_file_for) -> None:
-    """Every stored frame equals the plain PyAV decode at its timestamp; tables and metadata
-    are carried over exactly."""
+def check_against_source(store_url: str, dataset: Path, video_file_for, stored_size: dict | None = None) -> None:
+    """Every stored frame equals the plain PyAV decode at its timestamp (at the stored size:
+    `stored_size` camera -> (height, width), default the source's); tables and metadata are
+    carried over exactly."""
+    stored_size = stored_size or {}
     info = json.loads((dataset / "meta" / "info.json").read_text())
     store = EpisodeStore(store_url)
     rows = store.episodes().to_pylist()
@@ -72,10 +76,11 @@ def check_against_source(store_url: str, dataset: Path, video_file_for) -> None:
         for camera in row["cameras"]:
             path, start = video_file_for(row["source_episode_index"], camera)
             if path not in decoded:
-                decoded = {path: pyav_frames(path)}  # one file in memory at a time
+                decoded = {path: pyav_frames(path, stored_size.get(camera))}  # one file in memory at a time
             times, video = decoded[path]
             frames = store.read_frames(row, camera)
             assert frames.shape[0] == row["length"]
+            assert frames.shape[1:3] == video[0].shape[:2]
             for i, ts in enumerate(table.timestamp):
                 nearest = int(np.argmin(np.abs(times - (start + ts))))
                 assert abs(times[nearest] - (start + ts)) < 1e-4
@@ -112,11 +117,23 @@ def test_g1_v21_real_robot_every_frame_matches_pyav(tmp_path):
     def video(index, camera):
         return G1_V21 / f"videos/chunk-000/{camera}/episode_{index:06d}.mp4", 0.0
 
-    check_against_source(str(tmp_path / "store"), G1_V21, video)
-    row = EpisodeStore(str(tmp_path / "store")).episodes().to_pylist()[0]
+    # 480x640 cameras are stored at the default --max-side 128, aspect kept
+    info = json.loads((G1_V21 / "meta" / "info.json").read_text())
+    cameras = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    assert all(info["features"][c]["shape"][:2] == [480, 640] for c in cameras)
+    check_against_source(str(tmp_path / "store"), G1_V21, video, stored_size=dict.fromkeys(cameras, (96, 128)))
+    store = EpisodeStore(str(tmp_path / "store"))
+    row = store.episodes().to_pylist()[3]
     assert row["task"] == "Pick up the yellow bottle on the table."
     assert row["embodiment"] == "Unitree_G1_Inspire"
     assert (row["state_dim"], row["action_dim"]) == (26, 26)
+    # data columns and timestamps are the source parquet's, exactly
+    data = pq.read_table(G1_V21 / "data/chunk-000/episode_000003.parquet").to_pandas()
+    stored = store.read_table(row)
+    np.testing.assert_array_equal(stored.timestamp, data["timestamp"].to_numpy(np.float64))
+    np.testing.assert_array_equal(stored.state, np.stack(data["observation.state"]).astype(np.float32))
+    np.testing.assert_array_equal(stored.action, np.stack(data["action"]).astype(np.float32))
+    np.testing.assert_array_equal(stored.index, data["index"].to_numpy())
 
 
 def test_resize_and_camera_selection(tmp_path):
@@ -159,10 +176,13 @@ def test_changed_episode_is_reingested(metaworld_copy, tmp_path):
 # -- bad input ------------------------------------------------------------------------------
 
 
-def test_missing_info_json(metaworld_copy, tmp_path):
+def test_missing_info_json_or_path_is_not_a_dataset_and_nothing_is_written(metaworld_copy, tmp_path):
     (metaworld_copy / "meta/info.json").unlink()
-    with pytest.raises(DatasetError, match=r"meta/info\.json is missing"):
+    with pytest.raises(DatasetError, match=r"metaworld_mini: not a dataset wvm can read\. Formats read: LeRobot .*RLDS"):
         ingest(metaworld_copy, tmp_path / "store")
+    with pytest.raises(DatasetError, match=r"nowhere: no such file or directory"):
+        ingest(tmp_path / "nowhere", tmp_path / "store")
+    assert not (tmp_path / "store").exists()
 
 
 def test_unknown_codebase_version(metaworld_copy, tmp_path):
@@ -255,7 +275,7 @@ def test_video_size_disagrees_with_info_json(g1_small, tmp_path):
     info = json.loads((g1_small / "meta/info.json").read_text())
     info["features"]["observation.images.cam_high"]["shape"] = [240, 320, 3]
     (g1_small / "meta/info.json").write_text(json.dumps(info))
-    with pytest.raises(EpisodeError, match=r"video frames are 480x640 but meta/info.json declares 240x320"):
+    with pytest.raises(EpisodeError, match=r"video frames are 480x640 but the dataset declares 240x320"):
         ingest(g1_small, tmp_path / "store")
 
 

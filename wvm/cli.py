@@ -111,7 +111,11 @@ def _ingest(args: argparse.Namespace) -> dict:
         source=args.src,
         store=args.out,
         decode=DecodeOptions(
-            cameras=tuple(args.camera), resize=args.resize, tolerance_s=args.tolerance_s, threads=args.decode_threads
+            cameras=tuple(args.camera),
+            resize=args.resize,
+            max_side=args.max_side,
+            tolerance_s=args.tolerance_s,
+            threads=args.decode_threads,
         ),
         partition_frames=args.partition_frames,
         on_error=args.on_error,
@@ -123,15 +127,18 @@ def _ingest(args: argparse.Namespace) -> dict:
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ingest",
-        help="decode a LeRobot dataset into the canonical episode store",
-        description="Decode every episode of a LeRobot v3.0 / v2.1 dataset (local path or URL such as gs://) into "
-        "the canonical Zarr episode store at OUT. Reruns skip episodes already stored with the same fingerprint; "
-        "an interrupted run resumes where it stopped.",
+        help="decode a robot dataset (LeRobot, RLDS / Open X-Embodiment, raw folders) into the canonical episode store",
+        description="Decode every episode of a dataset (local path or URL such as gs://) into the canonical Zarr "
+        "episode store at OUT. Formats: LeRobot v2.0/v2.1/v3.0, RLDS / Open X-Embodiment TFDS builder directories, "
+        "raw episode folders (pipelines/sources/raw.py). Frames are stored with their longer side at most --max-side "
+        "pixels (default 128, aspect kept). Reruns skip episodes already stored with the same fingerprint; an "
+        "interrupted run resumes where it stopped.",
     )
-    p.add_argument("src", help="LeRobot dataset: local path or fsspec URL")
+    p.add_argument("src", help="dataset: local path or fsspec URL")
     p.add_argument("--out", required=True, help="episode store: local path or fsspec URL")
     p.add_argument("--camera", action="append", default=[], help="camera key to keep, repeatable (default: all)")
-    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="resize frames, e.g. 96x128")
+    p.add_argument("--resize", type=_size, default=None, metavar="HxW", help="store frames at exactly this size, e.g. 96x128")
+    p.add_argument("--max-side", type=int, default=128, metavar="PX", help="store frames with the longer side at most PX (aspect kept); 0: full resolution")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="bad episode: stop, or record it in failures.parquet and go on")
     p.add_argument("--partition-frames", type=int, default=1000, help="frames per partition, the unit of work and commit")
     p.add_argument("--tolerance-s", type=float, default=1e-4, help="max distance between a frame timestamp and its video frame")
@@ -291,7 +298,8 @@ def _relabel(args: argparse.Namespace) -> dict:
         source=args.src,
         dst=args.out,
         model=_model_spec(args),
-        camera=args.camera,
+        camera=next((c for c in args.camera if "=" not in c), None),
+        camera_by_embodiment=tuple(tuple(c.split("=", 1)) for c in args.camera if "=" in c),
         partition_frames=args.partition_frames,
         on_error=args.on_error,
         advantage_horizon=args.horizon,
@@ -305,17 +313,24 @@ def _add_relabel(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "relabel",
         help="label every frame of a dataset with task progress, advantages and sample weights",
-        description="Label SRC (a LeRobot v3.0 / v2.1 dataset or an episode store, local or URL) with the value "
+        description="Label SRC (any dataset `wvm ingest` reads, or an episode store; local or URL) with the value "
         "model and write per-frame progress (Zarr + frames.parquet), advantages and weights, per-episode quality "
         "(episodes.parquet) and LeRobot's RA-BC sidecar (wvm_progress.parquet) into OUT/versions/<model>/. "
         "Reruns label only what is new; another model version writes beside, never over.",
     )
-    p.add_argument("src", help="LeRobot dataset or episode store")
+    p.add_argument("src", help="dataset or episode store")
     p.add_argument("--out", required=True, help="labels directory (local or URL)")
     _add_model_args(p)
-    p.add_argument("--camera", default=None, help="camera the model looks at (default: the first)")
+    p.add_argument(
+        "--camera",
+        action="append",
+        default=[],
+        metavar="[EMBODIMENT=]KEY",
+        help="camera the model looks at, for every episode or (repeatable) per embodiment; default: the first "
+        "third-person camera. The choice is recorded per episode in episodes.parquet",
+    )
     p.add_argument("--horizon", type=int, default=10, help="action horizon H of the chunk advantage")
-    p.add_argument("--partition-frames", type=int, default=2000, help="LeRobot sources: frames per partition")
+    p.add_argument("--partition-frames", type=int, default=2000, help="frames per partition")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     p.add_argument("--no-publish", action="store_true", help="do not update OUT/latest.json and OUT/wvm_progress.parquet")
     _add_engine_args(p)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.lerobot import LeRobotDataset
+from pipelines.sources import open_source
 from schemas.ground_truth import KINDS, LABELS_SUFFIX, SUCCESS_KINDS
 from wvm.data import ground_truth_by_episode
 from wvm.handlers import ValueModelHandler
@@ -47,12 +47,12 @@ EXPERT_ONLY = "expert"  # --bench NAME=DATASET,expert: every episode is a succes
 
 
 def load_bench(dataset: str, labels: str | None = None, camera: str | None = None) -> list[BenchEpisode]:
-    """A LeRobot dataset and its ground truth (default: `<dataset>.labels.parquet` beside it;
+    """A dataset (any format pipelines.sources reads) and its ground truth (default: `<dataset>.labels.parquet` beside it;
     `labels="expert"` for a dataset of demonstrations without labels, e.g. a real robot's,
     scored by Expert-VOC only)."""
-    source = LeRobotDataset(dataset)
+    source = open_source(dataset)
     truth = None if labels == EXPERT_ONLY else ground_truth_by_episode(labels or dataset.rstrip("/") + LABELS_SUFFIX)
-    camera = camera or source.cameras[0]
+    camera = camera or source.default_camera()
     episodes = []
     for episode in source.episodes():
         label = truth.get(episode.index) if truth is not None else None
@@ -65,7 +65,7 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
             if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no formula to score against
                 continue
         table = source.read_frames(episode)
-        frames = np.stack(list(source.decode(episode, camera, table.timestamp)))
+        frames = np.stack(list(source.decode(episode, camera, table, np.arange(len(table)))))
         episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, ground_truth(len(frames), kind, m, n)))
     return episodes
 

@@ -1,9 +1,8 @@
 """LeRobot datasets (v2.0 / v2.1 / v3.0): the one module that knows their file layout.
 
-Reading: `LeRobotDataset(url)` lists episodes with their videos and a content fingerprint,
-reads an episode's per-frame table, and decodes any camera with PyAV by timestamp (v3 packs
-many episodes into one mp4; v2.x has one mp4 per episode). Everything else in the project
-sees `SourceEpisode` / `EpisodeFrames`, never LeRobot paths or columns.
+Reading: `LeRobotSource(url)` (a pipelines.sources Source) lists episodes with their videos and
+a content fingerprint, reads an episode's per-frame table, and decodes any camera with PyAV by
+timestamp (v3 packs many episodes into one mp4; v2.x has one mp4 per episode).
 
 Writing: `LeRobotV3Writer` writes a v3.0 dataset (used by `wvm datagen`), in the layout
 LeRobot's own writer produces: meta/info.json, meta/tasks.parquet, meta/episodes/...,
@@ -30,6 +29,8 @@ import pyarrow.parquet as pq
 
 from pipelines import fs as fsx
 from pipelines.errors import DatasetError, EpisodeError
+from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeFrames, Source, SourceEpisode
+from pipelines.sources.video import decode_at_timestamps
 
 # SVT-AV1 prints a banner per encoder unless told otherwise.
 os.environ.setdefault("SVT_LOG", "1")
@@ -37,8 +38,7 @@ os.environ.setdefault("SVT_LOG", "1")
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
-# LeRobot's own default: a query timestamp must have a video frame within 0.1 ms.
-DEFAULT_TOLERANCE_S = 1e-4
+_FEATURE_KEYS = {"state": STATE_KEY, "action": ACTION_KEY}
 
 
 @dataclass(frozen=True)
@@ -49,35 +49,30 @@ class VideoRef:
     from_timestamp: float  # episode start inside the file (v3); 0 for v2.x
 
 
-@dataclass(frozen=True)
-class SourceEpisode:
-    """One episode of a source dataset, as listed from metadata only (no decoding)."""
-
-    source_uri: str
-    index: int
-    length: int
-    task: str
-    data_path: str
-    videos: dict[str, VideoRef]
-    fingerprint: str
-
-
-@dataclass
-class EpisodeFrames:
-    """The per-frame table of one episode."""
-
-    timestamp: np.ndarray  # float64 (N,), seconds from episode start
-    frame_index: np.ndarray  # int64 (N,)
-    index: np.ndarray  # int64 (N,), the dataset's global frame index
-    state: np.ndarray | None = None  # float32 (N, S)
-    action: np.ndarray | None = None  # float32 (N, A)
-
-    def __len__(self) -> int:
-        return len(self.frame_index)
-
-
-class LeRobotDataset:
+class LeRobotSource(Source):
     """Read access to a LeRobot dataset at a local path or fsspec URL."""
+
+    name = "lerobot"
+    has_global_index = True
+
+    @classmethod
+    def detect(cls, url: str) -> bool:
+        try:
+            fs, path = fsx.filesystem(url)
+            return fs.exists(f"{path.rstrip('/')}/meta/info.json")
+        except Exception:  # an unreachable URL is not this format; open_source says what is wrong
+            return False
+
+    @classmethod
+    def near_miss(cls, url: str) -> tuple[str, str] | None:
+        try:
+            fs, path = fsx.filesystem(url)
+            meta = f"{path.rstrip('/')}/meta"
+            if fs.isdir(meta):
+                return f"{meta}/info.json", "meta/info.json is missing (a LeRobot dataset has meta/info.json)"
+        except Exception:  # unreadable: no diagnosis
+            return None
+        return None
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
@@ -102,7 +97,7 @@ class LeRobotDataset:
             if key not in self.info:
                 raise DatasetError(f"meta/info.json has no {key!r}", file=info_path)
         self.fps = float(self.info["fps"])
-        self.robot_type = str(self.info.get("robot_type") or "unknown")
+        self.embodiment = str(self.info.get("robot_type") or "unknown")
         self.features: dict = self.info["features"]
         self.cameras = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         images = [k for k, f in self.features.items() if f.get("dtype") == "image"]
@@ -120,7 +115,7 @@ class LeRobotDataset:
         return f"{self.root}/{relative}"
 
     def feature_dim(self, key: str) -> int:
-        feature = self.features.get(key)
+        feature = self.features.get(_FEATURE_KEYS[key])
         return int(np.prod(feature["shape"])) if feature else 0
 
     def camera_shape(self, camera: str) -> tuple[int, int]:
@@ -205,9 +200,9 @@ class LeRobotDataset:
                     index=index,
                     length=int(record["length"]),
                     task=task,
-                    data_path=data_path,
-                    videos=videos,
                     fingerprint=fingerprint,
+                    file=data_path,
+                    locator=videos,
                 )
             )
         return sorted(episodes, key=lambda e: e.index)
@@ -268,7 +263,7 @@ class LeRobotDataset:
 
     def read_frames(self, episode: SourceEpisode) -> EpisodeFrames:
         """The episode's per-frame table, validated against info.json and the episode metadata."""
-        path = episode.data_path
+        path = episode.file
         if not episode.task.strip():
             tasks_file = "meta/tasks.parquet" if self.version == "v3.0" else "meta/tasks.jsonl"
             raise EpisodeError("episode has no task text (the value model reads it)", file=self._path(tasks_file), episode=episode.index)
@@ -314,7 +309,7 @@ class LeRobotDataset:
                 episode=episode.index,
             )
         for key in vectors:
-            values = _stack_vectors(table.column(key), key, self.feature_dim(key), path, episode.index)
+            values = _stack_vectors(table.column(key), key, int(np.prod(self.features[key]["shape"])), path, episode.index)
             if key == STATE_KEY:
                 frames.state = values
             else:
@@ -325,84 +320,29 @@ class LeRobotDataset:
         self,
         episode: SourceEpisode,
         camera: str,
-        timestamps: np.ndarray,
+        table: EpisodeFrames,
+        rows: np.ndarray,
         *,
         size: tuple[int, int] | None = None,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         threads: int = 1,
     ) -> Iterator[np.ndarray]:
-        """Yield one RGB uint8 (H, W, 3) frame per timestamp, decoding the mp4 once, in order."""
-        ref = episode.videos[camera]
+        """Frames by timestamp, decoding the mp4 once, in order."""
+        ref = episode.locator[camera]
         local = fsx.local_path(self.fs, ref.path)
         if local is None and not self.fs.exists(ref.path) or local is not None and not os.path.exists(local):
             raise EpisodeError(f"video file for camera {camera!r} is missing", file=ref.path, episode=episode.index)
         opener = (lambda: av.open(local)) if local else (lambda: av.open(self.fs.open(ref.path, "rb")))
         yield from decode_at_timestamps(
             opener,
-            ref.from_timestamp + np.asarray(timestamps, dtype=np.float64),
+            ref.from_timestamp + np.asarray(table.timestamp[rows], dtype=np.float64),
             size=size,
             tolerance_s=tolerance_s,
+            declared=self.camera_shape(camera),
             threads=threads,
             file=ref.path,
             episode=episode.index,
         )
-
-
-def decode_at_timestamps(
-    opener,
-    query: np.ndarray,
-    *,
-    size: tuple[int, int] | None,
-    tolerance_s: float,
-    threads: int,
-    file: str,
-    episode: int,
-) -> Iterator[np.ndarray]:
-    """Stream-decode a video and yield the frame nearest each (increasing) query time.
-
-    A query with no frame within `tolerance_s` is an error: the table's timestamps do not match
-    the video. Only one decoded frame is held at a time, so memory is flat in episode length.
-    """
-    height, width = size if size else (None, None)
-    resize = {"width": width, "height": height, "interpolation": "AREA"} if size else {}
-    try:
-        container = opener()
-    except (av.error.FFmpegError, OSError) as exc:
-        raise EpisodeError(f"cannot open video: {exc}", file=file, episode=episode) from None
-    try:
-        if not container.streams.video:
-            raise EpisodeError("file has no video stream", file=file, episode=episode)
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO" if threads > 1 else "SLICE"
-        stream.codec_context.thread_count = max(1, threads)
-        time_base = stream.time_base
-        container.seek(max(0, int(query[0] / time_base)), stream=stream, backward=True, any_frame=False)
-        frames = container.decode(stream)
-        previous = current = None  # (time, frame)
-        for i, q in enumerate(query):
-            while current is None or current[0] < q:
-                nxt = next(frames, None)
-                if nxt is None:
-                    break
-                if nxt.pts is None:
-                    continue
-                previous, current = current, (float(nxt.pts * time_base), nxt)
-            candidates = [c for c in (previous, current) if c is not None]
-            if not candidates:
-                raise EpisodeError("video has no frames", file=file, episode=episode)
-            best = min(candidates, key=lambda c: abs(c[0] - q))
-            if abs(best[0] - q) > tolerance_s:
-                raise EpisodeError(
-                    f"timestamps do not match the video: frame {i} wants t={q:.4f}s, nearest video frame "
-                    f"is at t={best[0]:.4f}s (tolerance {tolerance_s}s)",
-                    file=file,
-                    episode=episode,
-                )
-            yield best[1].to_ndarray(format="rgb24", **resize)
-    except av.error.FFmpegError as exc:
-        raise EpisodeError(f"video cannot be decoded: {exc}", file=file, episode=episode) from None
-    finally:
-        container.close()
 
 
 def _stack_vectors(column: pa.ChunkedArray, key: str, dim: int, path: str, episode: int) -> np.ndarray:
@@ -628,8 +568,3 @@ def _vector_stats(column: pa.ChunkedArray) -> dict:
         "std": values.std(0).tolist(),
         "count": [len(values)],
     }
-
-
-def is_lerobot_dataset(url: str) -> bool:
-    fs, path = fsx.filesystem(url)
-    return fs.exists(f"{path.rstrip('/')}/meta/info.json")

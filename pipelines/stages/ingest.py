@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pipelines.errors import EpisodeError
-from pipelines.lerobot import DEFAULT_TOLERANCE_S, LeRobotDataset, SourceEpisode
+from pipelines.sources import DEFAULT_TOLERANCE_S, Partition, Source, SourceEpisode, open_source
 from pipelines.stages.base import Stage
 from pipelines.store import EpisodeStore, EpisodeTable, utcnow
 from schemas import episode_store as layout
@@ -16,24 +18,35 @@ class DecodeOptions:
     """How source frames become stored frames; part of every episode's fingerprint."""
 
     cameras: tuple[str, ...] = ()  # empty: every camera of the source
-    resize: tuple[int, int] | None = None  # (height, width)
+    resize: tuple[int, int] | None = None  # (height, width); overrides max_side
+    # Stored frames' longer side (aspect kept; never enlarged); 0 keeps full resolution. The
+    # model reads 64x64 frames: 128 px leaves room for crops and a finer model while the G1
+    # store stays within 2x its AV1 source (benchmarks/README.md); full-resolution frames at
+    # petabyte scale are not storable.
+    max_side: int = 128
     tolerance_s: float = DEFAULT_TOLERANCE_S
     threads: int = 1
 
     def fingerprint_part(self) -> str:
-        return f"cameras={','.join(self.cameras)};resize={self.resize}"
+        return f"cameras={','.join(self.cameras)};resize={self.resize};max_side={self.max_side}"
 
-    def select_cameras(self, source: LeRobotDataset) -> list[str]:
+    def select_cameras(self, source: Source) -> list[str]:
         unknown = [c for c in self.cameras if c not in source.cameras]
         if unknown:
             raise EpisodeError(f"camera(s) {unknown} not in dataset; it has {source.cameras}", file=source.url, episode=-1)
-        return list(self.cameras or source.cameras)
+        chosen = list(self.cameras or source.cameras)
+        default = source.default_camera()  # stored first: relabel's default for store sources
+        return sorted(chosen, key=lambda c: c != default)
 
-
-@dataclass(frozen=True)
-class PartitionTask:
-    partition_id: str
-    episodes: tuple[SourceEpisode, ...]
+    def stored_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) frames of a camera with `shape` are stored at."""
+        if self.resize:
+            return tuple(self.resize)
+        height, width = shape
+        if not self.max_side or max(height, width) <= self.max_side:
+            return height, width
+        scale = self.max_side / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 @dataclass
@@ -66,7 +79,7 @@ def failure_row(source_uri: str, error: EpisodeError, run_id: str) -> dict:
 
 
 @dataclass(unsafe_hash=True)
-class IngestPartition(Stage[PartitionTask, PartitionResult]):
+class IngestPartition(Stage[Partition, PartitionResult]):
     """Decode each episode of a partition (all cameras, by timestamp) into one partition of the
     store, then commit it. A bad episode raises, or with skip_bad_episodes is rolled back and
     reported in the result while the rest of the partition is written."""
@@ -79,17 +92,18 @@ class IngestPartition(Stage[PartitionTask, PartitionResult]):
     name = "ingest"
 
     def setup(self) -> None:
-        self._source = LeRobotDataset(self.source_url)
+        self._source = open_source(self.source_url)
         self._store = EpisodeStore(self.store_url)
         self._cameras = self.decode.select_cameras(self._source)
-        self._shapes = {c: self.decode.resize or self._source.camera_shape(c) for c in self._cameras}
+        self._declared = {c: tuple(self._source.camera_shape(c)) for c in self._cameras}
+        self._shapes = {c: self.decode.stored_shape(shape) for c, shape in self._declared.items()}
 
-    def item_key(self, item: PartitionTask) -> str:
+    def item_key(self, item: Partition) -> str:
         return item.partition_id
 
-    def process(self, task: PartitionTask) -> PartitionResult:
+    def process(self, task: Partition) -> PartitionResult:
         source, store = self._source, self._store
-        state_dim = source.feature_dim("observation.state")
+        state_dim = source.feature_dim("state")
         action_dim = source.feature_dim("action")
         writer = store.partition_writer(
             task.partition_id,
@@ -114,9 +128,9 @@ class IngestPartition(Stage[PartitionTask, PartitionResult]):
                     "episode_id": layout.episode_id(episode.source_uri, episode.index),
                     "source_uri": episode.source_uri,
                     "source_episode_index": episode.index,
-                    "source_format": f"lerobot/{source.version}",
+                    "source_format": source.source_format,
                     "task": episode.task,
-                    "embodiment": source.robot_type,
+                    "embodiment": source.embodiment,
                     "fps": source.fps,
                     "length": episode.length,
                     "cameras": self._cameras,
@@ -138,24 +152,19 @@ class IngestPartition(Stage[PartitionTask, PartitionResult]):
 
     def _write_episode(self, episode: SourceEpisode, writer) -> int:
         frames = self._source.read_frames(episode)
+        rows = np.arange(len(frames))
         for camera in self._cameras:
-            expected = self._shapes[camera]
+            declared, stored = self._declared[camera], self._shapes[camera]
             decoded = self._source.decode(
                 episode,
                 camera,
-                frames.timestamp,
-                size=self.decode.resize,
+                frames,
+                rows,
+                size=stored if stored != declared else None,
                 tolerance_s=self.decode.tolerance_s,
                 threads=self.decode.threads,
             )
-            for image in decoded:
-                if image.shape[:2] != tuple(expected):
-                    raise EpisodeError(
-                        f"camera {camera!r}: video frames are {image.shape[0]}x{image.shape[1]} but "
-                        f"meta/info.json declares {expected[0]}x{expected[1]}",
-                        file=episode.videos[camera].path,
-                        episode=episode.index,
-                    )
+            for image in decoded:  # readers refuse frames unlike the declared size
                 writer.append_frame(camera, image)
         table = EpisodeTable(frames.timestamp, frames.frame_index, frames.index, frames.state, frames.action)
         return writer.end_episode(table)

@@ -20,10 +20,10 @@ import pyarrow as pa
 
 from pipelines.errors import EpisodeError, WvmError
 from pipelines.labels_store import LabelsStore
-from pipelines.lerobot import LeRobotDataset, SourceEpisode
+from pipelines.sources import SourceEpisode, open_source
 from pipelines.stages.base import Stage
 from pipelines.stages.ingest import failure_row
-from pipelines.store import EpisodeStore, utcnow
+from pipelines.store import utcnow
 from schemas import labels as spec
 from schemas.validate import conform
 from wvm.weights import awr_weights, binary_weights, chunk_advantage, episode_summary
@@ -68,8 +68,7 @@ class LabelEpisode:
     length: int
     camera: str
     offset: int  # first row in the partition's progress array
-    store_row: tuple | None = None  # manifest row items, for episode-store sources
-    source: SourceEpisode | None = None  # for LeRobot sources
+    source: SourceEpisode  # as the source listed it (its reader finds the data from it)
     has_source_index: bool = True  # the source has LeRobot's global frame index: write a sidecar
 
 
@@ -89,29 +88,9 @@ class LabelResult:
     failures: list[dict] = field(default_factory=list)
 
 
-class _Frames:
-    """Per-frame tables and sampled frames, from an episode store or a LeRobot dataset."""
-
-    def __init__(self, source_url: str, kind: str):
-        self.kind = kind
-        self.store = EpisodeStore(source_url) if kind == "store" else None
-        self.dataset = LeRobotDataset(source_url) if kind == "lerobot" else None
-
-    def table(self, episode: LabelEpisode):
-        if self.store is not None:
-            return self.store.read_table(dict(episode.store_row))
-        return self.dataset.read_frames(episode.source)
-
-    def sampled(self, episode: LabelEpisode, table, indices: np.ndarray) -> np.ndarray:
-        if self.store is not None:
-            return self.store.read_frames_at(dict(episode.store_row), episode.camera, indices)
-        return np.stack(list(self.dataset.decode(episode.source, episode.camera, table.timestamp[indices])))
-
-
 @dataclass(unsafe_hash=True)
 class LabelPartition(Stage[LabelTask, LabelResult]):
     source_url: str
-    source_kind: str  # store | lerobot
     dst_url: str
     model_key: str
     model: ModelSpec
@@ -123,7 +102,7 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
     name = "relabel"
 
     def setup(self) -> None:
-        self._frames = _Frames(self.source_url, self.source_kind)
+        self._source = open_source(self.source_url)
         self._labels = LabelsStore(self.dst_url).version(self.model_key)
         info = self._labels.model_info()
         # Every answer must come from the model this run labels with (a server may be redeployed).
@@ -146,8 +125,8 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
 
         def decode(episode: LabelEpisode):
             chain = EpisodeChain(episode.episode_id, episode.length, episode.fps, episode.task, self._handler.geometry)
-            table = self._frames.table(episode)
-            return chain, table, self._frames.sampled(episode, table, chain.samples)
+            table = self._source.read_frames(episode.source)
+            return chain, table, np.stack(list(self._source.decode(episode.source, episode.camera, table, chain.samples)))
 
         with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
             ahead = deque(pool.submit(decode, e) for e in episodes[:DECODE_AHEAD])

@@ -322,7 +322,7 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
 
 def generate(config: DatagenConfig) -> dict:
     """Render all episodes and write the dataset plus its labels. Returns a summary."""
-    from pipelines.lerobot import LeRobotV3Writer
+    from pipelines.sources.lerobot import LeRobotV3Writer
 
     rng = np.random.default_rng(config.seed)
     jobs = []

@@ -150,13 +150,13 @@ def relabel(dataset: Path, labels: Path, checkpoint: str | None, horizon: int) -
 
 
 def load_episodes(dataset: Path) -> list[Episode]:
-    """Every episode's states and actions (via the project's LeRobot reader) with its kind,
+    """Every episode's states and actions (via the project's dataset readers) with its kind,
     task and ground-truth progress from the labels file datagen wrote beside it."""
-    from pipelines.lerobot import LeRobotDataset
+    from pipelines.sources import open_source
 
     truth = pq.read_table(str(dataset) + LABELS_SUFFIX).to_pandas()
     by_episode = {int(i): g.sort_values("frame_index") for i, g in truth.groupby("episode_index")}
-    source = LeRobotDataset(str(dataset))
+    source = open_source(str(dataset))
     episodes = []
     for e in source.episodes():
         frames = source.read_frames(e)
