@@ -3,7 +3,8 @@
 Each model version owns `versions/<model_key>/`; nothing there is ever written by another
 version. A partition's outputs (progress array, frames part, sidecar part) are written first
 and its episodes part last, atomically: that file is the partition's commit record. `finalize`
-turns committed parts into the consolidated tables after every run.
+turns committed parts into the consolidated tables after every run. The directory is also a
+Zarr hierarchy (root group, then one group per directory down to each progress array).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
 from pipelines.lease import holds_data
-from pipelines.store import open_zarr_group, read_failures, update_failures, utcnow
+from pipelines.store import ensure_groups, open_zarr_group, read_failures, update_failures, utcnow, write_group_if_absent
 from schemas import labels as spec
 from schemas.validate import conform
 from wvm.weights import AdvantageHistogram, top_weights
@@ -52,6 +53,8 @@ class LabelsStore:
             fsx.write_json_atomic(self.fs, marker, {"format": spec.LABELS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION})
         else:
             raise LabelsError(f"{self.url}: no wvm labels here ({spec.ROOT_MARKER} missing)")
+        if create:  # the run's driver, once: writers never touch the root (directories from before get it now)
+            write_group_if_absent(self.fs, self.root, {"format": spec.LABELS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION})
 
     def version(self, key: str) -> VersionLabels:
         return VersionLabels(self, key)
@@ -60,7 +63,8 @@ class LabelsStore:
         base = fsx.join(self.root, spec.VERSIONS_DIR)
         if not self.fs.exists(base):
             return []
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False))
+        # directories only: versions/ also holds its Zarr group metadata
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(base, detail=True) if e["type"] == "directory")
 
     def latest(self) -> dict | None:
         path = fsx.join(self.root, spec.LATEST_POINTER)
@@ -111,12 +115,38 @@ class VersionLabels:
                     raise LabelsError(f"{path}: holds {key}={existing.get(key)!r}, not {info.get(key)!r}")
         else:
             fsx.write_json_atomic(self.fs, path, info)
+        ensure_groups(self.store.url, spec.VERSIONS_DIR)
+        stamps = {key: info[key] for key in ("model_version", "checkpoint_hash") if key in info}
+        write_group_if_absent(self.fs, self.path(), stamps)
+        ensure_groups(self.url, spec.PROGRESS_DIR)
 
     # -- partition outputs -------------------------------------------------------------------
 
-    def write_progress(self, relative: str, rows: int, pieces: list[tuple[int, np.ndarray]]) -> None:
-        group = open_zarr_group(fsx.join(self.url, spec.PROGRESS_DIR, relative), mode="w")
-        array = group.create_array(spec.PROGRESS_ARRAY, shape=(rows,), chunks=(max(rows, 1),), dtype="float32", fill_value=np.nan)
+    def write_progress(
+        self, relative: str, rows: int, pieces: list[tuple[int, np.ndarray]], *, attrs: dict | None = None
+    ) -> None:
+        """Write the progress array of `relative` (<partition_id>/<run_id>): `rows` rows, NaN but
+        for the (offset, values) pieces. `attrs`: extra attributes of the array (e.g. fps,
+        camera, source_uri); model_version and checkpoint_hash come from model.json."""
+        # the groups above it (versions from before they existed get them here); not the run group,
+        # which is this writer's own
+        ensure_groups(self.store.url, spec.VERSIONS_DIR, self.key, spec.PROGRESS_DIR, relative.strip("/").rpartition("/")[0])
+        info = self.model_info()
+        stamps = {key: info[key] for key in ("model_version", "checkpoint_hash")}
+        group = open_zarr_group(
+            fsx.join(self.url, spec.PROGRESS_DIR, relative),
+            mode="w",
+            attributes={"format": spec.PROGRESS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION, **stamps},
+        )
+        array = group.create_array(
+            spec.PROGRESS_ARRAY,
+            shape=(rows,),
+            chunks=(max(rows, 1),),
+            dtype="float32",
+            fill_value=np.nan,
+            dimension_names=spec.PROGRESS_DIMS,
+            attributes={**(attrs or {}), **spec.PROGRESS_ATTRIBUTES, **stamps},
+        )
         values = np.full(rows, np.nan, dtype=np.float32)
         for offset, piece in pieces:
             values[offset : offset + len(piece)] = piece

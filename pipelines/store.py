@@ -3,7 +3,9 @@
 Writers: one `PartitionWriter` per partition, each in one task, owns every shard of its arrays
 (REFERENCE §5: concurrent writers to one shard lose data). Arrays go to a fresh attempt
 directory, so a retried or concurrent attempt never touches another's files; the partition
-becomes visible when `commit` writes its manifest file, last and atomically.
+becomes visible when `commit` writes its manifest file, last and atomically. Every directory
+above a partition is a Zarr group too (`ensure_groups`), so generic tools (zarr, xarray, dask)
+can walk the store; they see uncommitted attempts as well, which wvm readers never do.
 
 Readers: `EpisodeStore.episodes()` is the committed manifest (latest row per episode id);
 `read_*` fetch one episode's frames or per-frame table.
@@ -12,8 +14,8 @@ Readers: `EpisodeStore.episodes()` is the committed manifest (latest row per epi
 from __future__ import annotations
 
 import datetime as dt
+import json
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -24,21 +26,26 @@ from zarr.codecs import BloscCodec
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
 from pipelines.lease import holds_data
+from pipelines.sources.base import EpisodeFrames
 from schemas import episode_store as layout
 from schemas.validate import conform
 
 
-# Frames are noisy uint8 images: light zstd halves them at about the speed of the disk;
-# stronger levels and bit-shuffling cost 2-3x the write time for a few percent.
-IMAGE_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")
+# Frames stored at labelling resolution (area-downscaled, so less sensor noise): zstd level 5
+# compresses them 2.5x (level 1: 1.3x) at ~1 ms per 96x128 frame, well under the decode;
+# level 9 gains 11% for 30x the time (benchmarks/store_size.py). Plain Blosc-zstd keeps the
+# arrays readable by any Zarr v3 reader, which a temporal-delta or image codec would not.
+IMAGE_CODEC = BloscCodec(cname="zstd", clevel=5, shuffle="noshuffle")
+ZARR_JSON = "zarr.json"  # a Zarr v3 node's metadata file
 
 
 class StoreError(WvmError):
     pass
 
 
-def open_zarr_group(url: str, mode: str) -> zarr.Group:
-    """A Zarr v3 group at any URL (local path or fsspec URL such as gs://)."""
+def open_zarr_group(url: str, mode: str, attributes: dict | None = None) -> zarr.Group:
+    """A Zarr v3 group at any URL (local path or fsspec URL such as gs://); `attributes` are
+    written when the group is created (mode "w")."""
     fs, path = fsx.filesystem(url)
     if fsx.local_path(fs, path):
         store = zarr.storage.LocalStore(path, read_only=mode == "r")
@@ -46,22 +53,31 @@ def open_zarr_group(url: str, mode: str) -> zarr.Group:
         store = zarr.storage.FsspecStore.from_url(
             url, storage_options=fsx.storage_options_for(url), read_only=mode == "r"
         )
-    return zarr.open_group(store=store, mode=mode, zarr_format=3)
+    return zarr.open_group(store=store, mode=mode, zarr_format=3, attributes=attributes)
+
+
+def write_group_if_absent(fs, path: str, attributes: dict | None = None) -> None:
+    """Make directory `path` a Zarr v3 group unless it already is one. Safe with many writers
+    at once: the metadata is written whole (atomic rename / single PUT), every writer of a
+    given group writes the same bytes, and an existing group, attributes included, is never
+    rewritten. (zarr.open_group(mode="a") is not: a racing creator gets ContainsGroupError.)"""
+    metadata = fsx.join(path, ZARR_JSON)
+    if not fs.exists(metadata):
+        group = {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+        fsx.atomic_write_bytes(fs, metadata, json.dumps(group, indent=2, sort_keys=True).encode())
+
+
+def ensure_groups(url: str, *parts: str) -> None:
+    """Make every directory from url/parts[0] down to url/parts[0]/.../parts[-1] a plain Zarr
+    group (parts may hold slashes). `url` itself is left alone: its owner writes the root."""
+    fs, root = fsx.filesystem(url)
+    names = "/".join(parts).strip("/").split("/")
+    for depth in range(1, len(names) + 1):
+        write_group_if_absent(fs, fsx.join(root, *names[:depth]))
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-@dataclass(frozen=True)
-class EpisodeTable:
-    """Per-frame data of one stored episode."""
-
-    timestamp: np.ndarray
-    frame_index: np.ndarray
-    index: np.ndarray
-    state: np.ndarray | None
-    action: np.ndarray | None
 
 
 def read_failures(fs, path: str) -> pa.Table:
@@ -94,9 +110,9 @@ class EpisodeStore:
                 raise StoreError(f"{self.url}: no episode store here (run `wvm ingest` first)") from None
             if holds_data(self.fs, self.root):
                 raise StoreError(f"{self.url}: exists and is not an episode store; refusing to write into it")
-            root = open_zarr_group(self.url, mode="w")
-            root.attrs.update({"format": layout.STORE_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION})
-            attrs = dict(root.attrs)
+            attrs = {"format": layout.STORE_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION}
+            open_zarr_group(self.url, mode="w", attributes=attrs)  # one write: never a root without its attrs
+            ensure_groups(self.url, layout.PARTITIONS_DIR)
         if attrs.get("format") != layout.STORE_FORMAT:
             raise StoreError(f"{self.url}: zarr group is not a {layout.STORE_FORMAT} (attrs {attrs})")
         if attrs.get("schema_version") != layout.STORE_SCHEMA_VERSION:
@@ -166,11 +182,11 @@ class EpisodeStore:
         """uint8 (len(indices), H, W, 3): only the chunks holding those frames are read."""
         return self._group(row)[layout.IMAGES_GROUP][camera].oindex[row["offset"] + np.asarray(indices)]
 
-    def read_table(self, row: dict) -> EpisodeTable:
+    def read_table(self, row: dict) -> EpisodeFrames:
         group = self._group(row)
         rows = slice(row["offset"], row["offset"] + row["length"])
         get = lambda name: group[name][rows] if name in group else None  # noqa: E731
-        return EpisodeTable(
+        return EpisodeFrames(
             timestamp=get(layout.TIMESTAMP),
             frame_index=get(layout.FRAME_INDEX),
             index=get(layout.SOURCE_INDEX),
@@ -179,7 +195,10 @@ class EpisodeStore:
         )
 
     def partition_writer(self, partition_id: str, attempt: str, **kwargs) -> PartitionWriter:
+        """kwargs: those of PartitionWriter (cameras, state_dim, ..., fps, attrs)."""
         relative = f"{layout.PARTITIONS_DIR}/{partition_id}/{attempt}"
+        # the groups above the attempt (stores created before they existed get them here too)
+        ensure_groups(self.url, layout.PARTITIONS_DIR, partition_id)
         return PartitionWriter(fsx.join(self.url, relative), relative, **kwargs)
 
 
@@ -233,7 +252,11 @@ class _ShardedAppender:
 
 class PartitionWriter:
     """Writes one partition's arrays. Episodes are appended one after another; a failing
-    episode is rolled back with `discard_episode` and the rest of the partition goes on."""
+    episode is rolled back with `discard_episode` and the rest of the partition goes on.
+
+    `fps` (the source frame rate) goes into the attributes of the partition group and of its
+    image arrays; `attrs` are extra attributes of the partition group (e.g. source_uri, run_id).
+    """
 
     def __init__(
         self,
@@ -246,9 +269,13 @@ class PartitionWriter:
         capacity: int,
         frames_per_chunk: int = layout.FRAMES_PER_CHUNK,
         chunks_per_shard: int = layout.CHUNKS_PER_SHARD,
+        fps: float | None = None,
+        attrs: dict | None = None,
     ):
         self.relative_path = relative_path
-        self.group = open_zarr_group(url, mode="w")
+        known = {"fps": float(fps)} if fps is not None else {}
+        group_attrs = {**(attrs or {}), **known, "format": layout.PARTITION_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION}
+        self.group = open_zarr_group(url, mode="w", attributes=group_attrs)
         self.writes = ThreadPoolExecutor(1, thread_name_prefix="zarr-write")
         images = self.group.create_group(layout.IMAGES_GROUP)
         rows_per_shard = frames_per_chunk * chunks_per_shard
@@ -266,11 +293,13 @@ class PartitionWriter:
                 shards={"shape": (rows_per_shard, h, w, 3), "index_location": "start"},
                 compressors=IMAGE_CODEC,
                 fill_value=0,
+                dimension_names=layout.image_dims(camera),
+                attributes={**layout.IMAGE_ATTRIBUTES, "camera": camera, **known},
             )
             self.cameras[camera] = _ShardedAppender(array, rows_per_shard, self.writes)
         self.state_dim, self.action_dim = state_dim, action_dim
         self.offsets = [0]
-        self.tables: list[EpisodeTable] = []
+        self.tables: list[EpisodeFrames] = []
 
     @property
     def rows(self) -> int:
@@ -279,7 +308,7 @@ class PartitionWriter:
     def append_frame(self, camera: str, frame: np.ndarray) -> None:
         self.cameras[camera].append(frame)
 
-    def end_episode(self, table: EpisodeTable) -> int:
+    def end_episode(self, table: EpisodeFrames) -> int:
         """Close the current episode; returns its offset (first row) in the partition."""
         length = len(table.frame_index)
         for camera, appender in self.cameras.items():
@@ -319,4 +348,11 @@ class PartitionWriter:
             arrays[layout.ACTION] = column("action", "float32", self.action_dim)
         for name, values in arrays.items():
             chunks = (max(len(values), 1), *values.shape[1:])
-            self.group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks)[...] = values
+            self.group.create_array(
+                name,
+                shape=values.shape,
+                dtype=values.dtype,
+                chunks=chunks,
+                dimension_names=layout.DIMENSIONS[name],
+                attributes=layout.ATTRIBUTES[name],
+            )[...] = values

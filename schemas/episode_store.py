@@ -3,7 +3,10 @@
 Layout (see schemas/README.md for the prose version):
 
     <store>/zarr.json                           root group, attrs: format + schema_version
+    <store>/partitions/zarr.json                plain groups: the hierarchy is navigable from
+    <store>/partitions/<partition_id>/zarr.json the root (zarr.open_group, xarray.open_datatree)
     <store>/partitions/<partition_id>/<attempt>/    one Zarr group per written partition
+                                                attrs: PARTITION_FORMAT, schema_version, fps, ...
         images/<camera_key>   uint8  (N, H, W, 3)  chunks (k, H, W, 3), grouped into shards
         timestamp             float64 (N,)          seconds from episode start (source clock)
         frame_index           int64  (N,)
@@ -15,7 +18,8 @@ Layout (see schemas/README.md for the prose version):
     <store>/failures.parquet                    dead-letter table (FAILURES)
 
 A partition is visible only once its manifest file exists; the manifest is written last and
-atomically, so a killed run never leaves a half-visible partition.
+atomically, so a killed run never leaves a half-visible partition. Readers go through the
+manifest: a group found by walking the hierarchy may be an uncommitted attempt.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pyarrow as pa
 
 STORE_FORMAT = "wvm-episode-store"
 STORE_SCHEMA_VERSION = 1
+PARTITION_FORMAT = "wvm-episode-store-partition"  # attrs of a partition group (not a store root)
 
 # Zarr node names inside a partition group.
 IMAGES_GROUP = "images"
@@ -35,6 +40,40 @@ SOURCE_INDEX = "index"
 STATE = "state"
 ACTION = "action"
 EPISODE_OFFSETS = "episode_offsets"
+
+# Zarr v3 dimension names (xarray's dims). Arrays of one group that share a name must have the
+# same length along it: every per-frame array runs along DIM_FRAME; cameras differ in size, so
+# their height and width names carry the camera key; episode_offsets has E + 1 entries.
+DIM_FRAME = "frame"
+DIM_EPISODE_BOUNDARY = "episode_boundary"
+DIM_CHANNEL = "channel"
+DIM_STATE = "state_feature"
+DIM_ACTION = "action_feature"
+
+DIMENSIONS = {
+    TIMESTAMP: (DIM_FRAME,),
+    FRAME_INDEX: (DIM_FRAME,),
+    SOURCE_INDEX: (DIM_FRAME,),
+    STATE: (DIM_FRAME, DIM_STATE),
+    ACTION: (DIM_FRAME, DIM_ACTION),
+    EPISODE_OFFSETS: (DIM_EPISODE_BOUNDARY,),
+}
+
+# Array attributes (CF-style `units` / `description`, read by xarray as attrs).
+ATTRIBUTES = {
+    TIMESTAMP: {"units": "s", "description": "seconds from episode start (source clock)"},
+    FRAME_INDEX: {"description": "frame number within its episode"},
+    SOURCE_INDEX: {"description": "the source's global frame index (LeRobot `index`)"},
+    STATE: {"description": "observation.state of the source"},
+    ACTION: {"description": "action of the source"},
+    EPISODE_OFFSETS: {"description": "rows [offsets[i], offsets[i + 1]) are episode i of the partition"},
+}
+IMAGE_ATTRIBUTES = {"units": "RGB, uint8 0-255", "description": "video frames, one row per frame"}
+
+
+def image_dims(camera: str) -> tuple[str, str, str, str]:
+    return (DIM_FRAME, f"{camera}_height", f"{camera}_width", DIM_CHANNEL)
+
 
 PARTITIONS_DIR = "partitions"
 MANIFEST_DIR = "manifest"

@@ -1,11 +1,12 @@
 """Value labels: what `wvm relabel` writes (see schemas/README.md).
 
     <dst>/wvm_labels.json                         format + schema_version of this directory
+    <dst>/zarr.json                               root Zarr group, attrs: format + schema_version
     <dst>/wvm_progress.parquet                    RA-BC sidecar of the latest published model
     <dst>/latest.json                             which model version is published (written last)
     <dst>/versions/<model_key>/                   one directory per model version; never shared
         model.json                                version, checkpoint hash, code version
-        progress/<partition path>/progress        Zarr float32 (N,) aligned row for row with the
+        progress/<partition_id>/<run_id>/progress Zarr float32 (N,) aligned row for row with the
                                                   episode store partition (or a source block)
         frames.parquet/part-<partition>.parquet   FRAMES rows, one file per partition
         episodes/part-<partition>.parquet         EPISODES rows: the partition's commit record
@@ -14,6 +15,9 @@
         wvm_progress.parquet                      LeRobot RA-BC sidecar (consolidated per run)
         weights.json                              dataset-level weight parameters (top-70% cut)
         failures.parquet                          dead-letter table (schemas.episode_store.FAILURES)
+
+Every directory on the way to a progress array (versions/, versions/<model_key>/, progress/,
+progress/<partition_id>/) is a Zarr group, so zarr and xarray can walk from <dst>.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
+
+from schemas.episode_store import DIM_FRAME
 
 LABELS_FORMAT = "wvm-labels"
 LABELS_SCHEMA_VERSION = 2  # 2: episodes carry ood_score and trusted (model v2)
@@ -37,6 +43,11 @@ EPISODE_PARTS_DIR = "episodes"
 SIDECAR_PARTS_DIR = "sidecar"
 EPISODES_FILE = "episodes.parquet"
 SIDECAR_FILE = "wvm_progress.parquet"
+
+# The progress array: one row per frame of the episode-store partition, hence its dimension.
+PROGRESS_FORMAT = "wvm-labels-progress"  # attrs of the group holding one progress array
+PROGRESS_DIMS = (DIM_FRAME,)
+PROGRESS_ATTRIBUTES = {"units": "progress in [0, 1]", "description": "predicted task progress V(t); NaN: not labelled"}
 
 # Policy-extraction defaults (REFERENCE §3).
 ADVANTAGE_HORIZON = 10
@@ -83,6 +94,7 @@ EPISODES = pa.schema(
         pa.field("source_uri", pa.string(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("embodiment", pa.string(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),  # the camera the model labelled from
         pa.field("length", pa.int64(), nullable=False),
         pa.field("fps", pa.float64(), nullable=False),
         pa.field("final_progress", pa.float32(), nullable=False),

@@ -38,7 +38,7 @@ def run_nightly(sources, out, triton_server, **kwargs):
 
 def labelled_frames(out: Path):
     (labels,) = (out / "labels").iterdir()
-    (version,) = (labels / spec.VERSIONS_DIR).iterdir()
+    (version,) = [p for p in (labels / spec.VERSIONS_DIR).iterdir() if p.is_dir()]
     return pq.read_table(version / spec.FRAMES_DIR)
 
 

@@ -122,6 +122,9 @@ def test_g1_v21_real_robot_every_frame_matches_pyav(tmp_path):
     cameras = [k for k, f in info["features"].items() if f["dtype"] == "video"]
     assert all(info["features"][c]["shape"][:2] == [480, 640] for c in cameras)
     check_against_source(str(tmp_path / "store"), G1_V21, video, stored_size=dict.fromkeys(cameras, (96, 128)))
+    # storable at scale: the store is at most twice the AV1 source (benchmarks/store_size.py)
+    size = lambda root: sum(p.stat().st_size for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert size(tmp_path / "store") <= 2 * size(G1_V21)
     store = EpisodeStore(str(tmp_path / "store"))
     row = store.episodes().to_pylist()[3]
     assert row["task"] == "Pick up the yellow bottle on the table."
@@ -178,8 +181,11 @@ def test_changed_episode_is_reingested(metaworld_copy, tmp_path):
 
 def test_missing_info_json_or_path_is_not_a_dataset_and_nothing_is_written(metaworld_copy, tmp_path):
     (metaworld_copy / "meta/info.json").unlink()
-    with pytest.raises(DatasetError, match=r"metaworld_mini: not a dataset wvm can read\. Formats read: LeRobot .*RLDS"):
+    with pytest.raises(DatasetError, match=r"meta/info\.json: meta/info\.json is missing"):
         ingest(metaworld_copy, tmp_path / "store")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DatasetError, match=r"plain: not a dataset wvm can read\. Formats read: LeRobot .*RLDS"):
+        ingest(tmp_path / "plain", tmp_path / "store")
     with pytest.raises(DatasetError, match=r"nowhere: no such file or directory"):
         ingest(tmp_path / "nowhere", tmp_path / "store")
     assert not (tmp_path / "store").exists()

@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -156,7 +156,7 @@ class RawSource(Source):
         return self._dims[key]
 
     def context(self, episode: SourceEpisode) -> EpisodeContext:
-        return EpisodeContext(episode.locator.fps, self.embodiment, tuple(self.cameras), self.source_format, self.has_global_index)
+        return replace(super().context(episode), fps=episode.locator.fps)  # an episode may set its own fps
 
     def episodes(self, *, decode_options: str = "") -> list[SourceEpisode]:
         episodes = []

@@ -9,7 +9,7 @@ import numpy as np
 from pipelines.errors import EpisodeError
 from pipelines.sources import DEFAULT_TOLERANCE_S, Partition, Source, SourceEpisode, open_source
 from pipelines.stages.base import Stage
-from pipelines.store import EpisodeStore, EpisodeTable, utcnow
+from pipelines.store import EpisodeStore, utcnow
 from schemas import episode_store as layout
 
 
@@ -112,6 +112,8 @@ class IngestPartition(Stage[Partition, PartitionResult]):
             state_dim=state_dim,
             action_dim=action_dim,
             capacity=sum(e.length for e in task.episodes),
+            fps=source.fps,
+            attrs={"source_uri": source.uri, "source_format": source.source_format, "embodiment": source.embodiment, "run_id": self.run_id},
         )
         rows, failures = [], []
         for episode in task.episodes:
@@ -166,5 +168,4 @@ class IngestPartition(Stage[Partition, PartitionResult]):
             )
             for image in decoded:  # readers refuse frames unlike the declared size
                 writer.append_frame(camera, image)
-        table = EpisodeTable(frames.timestamp, frames.frame_index, frames.index, frames.state, frames.action)
-        return writer.end_episode(table)
+        return writer.end_episode(frames)

@@ -208,6 +208,7 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
                     "source_uri": episode.source_uri,
                     "task": episode.task,
                     "embodiment": episode.embodiment,
+                    "camera": episode.camera,
                     "length": n,
                     "fps": episode.fps,
                     **episode_summary(values),
@@ -224,7 +225,8 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
             )
         if episodes:
             labels = self._labels
-            labels.write_progress(f"{task.partition_id}/{self.run_id}", task.rows, progress)
+            cameras = sorted({by_id[c.key].camera for c in chains})
+            labels.write_progress(f"{task.partition_id}/{self.run_id}", task.rows, progress, attrs={"camera": ", ".join(cameras)})
             labels.write_part(spec.FRAMES_DIR, task.partition_id, conform(pa.concat_tables(frames), spec.FRAMES, "frames"))
             if sidecar:
                 labels.write_part(spec.SIDECAR_PARTS_DIR, task.partition_id, conform(pa.concat_tables(sidecar), spec.SIDECAR, "sidecar"))
