@@ -1,4 +1,4 @@
-"""Ingest flow: one LeRobot dataset into an episode store, partitions as Prefect tasks."""
+"""Ingest flow: one dataset (any format pipelines.sources reads) into an episode store, partitions as Prefect tasks."""
 
 from __future__ import annotations
 
