@@ -253,6 +253,32 @@ def test_timestamps_that_do_not_match_the_video(metaworld_copy, tmp_path):
     _only_episode_failed(tmp_path / "store", 5, "timestamps do not match the video", total=18)
 
 
+def test_nan_timestamp_is_reported_at_its_frame(g1_small, tmp_path):
+    def nan_at_7(table):
+        ts = table["timestamp"].to_numpy().copy()
+        ts[7] = np.nan
+        return table.set_column(table.schema.get_field_index("timestamp"), "timestamp", pa.array(ts, table.schema.field("timestamp").type))
+
+    rewrite_episode_table(g1_small, 2, nan_at_7)
+    with pytest.raises(EpisodeError, match=r"episode_000002\.parquet: episode 2: timestamp of frame 7 is nan"):
+        ingest(g1_small, tmp_path / "fail")
+
+
+def test_fps_that_disagrees_with_the_timestamps(g1_small, tmp_path):
+    info = json.loads((g1_small / "meta/info.json").read_text())
+    declared = info["fps"]
+    info["fps"] = declared * 3
+    (g1_small / "meta/info.json").write_text(json.dumps(info))
+    message = rf"timestamps advance 0\.\d+s per frame \(median\) but the dataset declares {declared * 3:g} fps"
+    with pytest.raises(EpisodeError, match=message):
+        ingest(g1_small, tmp_path / "fail")
+    # relabelling straight from the dataset reads it through the same reader: refused the same way
+    from pipelines.relabel import RelabelConfig, run_relabel
+
+    with pytest.raises(EpisodeError, match=message):
+        run_relabel(RelabelConfig(source=str(g1_small), dst=str(tmp_path / "labels")), LocalEngine(), progress=False)
+
+
 def test_empty_episode(g1_small, tmp_path):
     rewrite_episode_table(g1_small, 4, lambda table: table.slice(0, 0))
     episodes = [json.loads(l) for l in (g1_small / "meta/episodes.jsonl").read_text().splitlines()]
@@ -283,6 +309,10 @@ def test_video_size_disagrees_with_info_json(g1_small, tmp_path):
     (g1_small / "meta/info.json").write_text(json.dumps(info))
     with pytest.raises(EpisodeError, match=r"video frames are 480x640 but the dataset declares 240x320"):
         ingest(g1_small, tmp_path / "store")
+    from pipelines.relabel import RelabelConfig, run_relabel  # relabel reads through the same reader
+
+    with pytest.raises(EpisodeError, match=r"video frames are 480x640 but the dataset declares 240x320"):
+        run_relabel(RelabelConfig(source=str(g1_small), dst=str(tmp_path / "labels")), LocalEngine(), progress=False)
 
 
 def test_failure_is_cleared_once_the_episode_is_fixed(g1_small, tmp_path):

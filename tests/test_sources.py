@@ -296,7 +296,11 @@ def test_raw_bad_episodes(raw_copy):
         source.read_frames(source.episodes()[0])
     assert err.value.file.endswith("episodes/a/frames.parquet")
 
-    pq.write_table(original.set_column(0, "timestamp", [np.arange(N) / 25]), frames_path)  # not the video's 30 fps
+    pq.write_table(original.set_column(0, "timestamp", [np.arange(N) / 25]), frames_path)  # not the declared 30 fps
+    with pytest.raises(EpisodeError, match=r"timestamps advance 0\.0400s per frame \(median\) but the dataset declares 30 fps"):
+        source.read_frames(source.episodes()[0])
+    shifted = np.arange(N) / 30 + 0.01  # the declared rate, but between the video's frames
+    pq.write_table(original.set_column(0, "timestamp", [shifted]), frames_path)
     table = source.read_frames(source.episodes()[0])
     with pytest.raises(EpisodeError, match="timestamps do not match the video") as err:
         list(source.decode(source.episodes()[0], "front", table, np.arange(N)))

@@ -20,6 +20,8 @@ import numpy as np
 
 # camera names that say the camera rides on the robot (not a third-person view)
 EGOCENTRIC_WORDS = ("wrist", "hand", "gripper", "ego")
+# how far (relative) the median timestamp step may stray from 1 / fps
+FPS_TOLERANCE = 0.1
 # LeRobot's own default: a query timestamp must have a video frame within 0.1 ms.
 DEFAULT_TOLERANCE_S = 1e-4
 
@@ -62,6 +64,26 @@ class EpisodeContext:
     cameras: tuple[str, ...]
     source_format: str
     has_global_index: bool
+
+
+def timestamp_problem(timestamp: np.ndarray, fps: float) -> str | None:
+    """What is wrong with an episode's timestamps, or None: each must be a number, they start at
+    0 or later and strictly increase, and their typical step must be the declared frame rate's
+    (a wrong fps would mis-time every sampled frame). Readers raise it as the episode's error."""
+    finite = np.isfinite(timestamp)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        return f"timestamp of frame {bad} is {timestamp[bad]} (not a number)"
+    ok = np.concatenate([timestamp[:1] >= 0, timestamp[1:] > timestamp[:-1]])
+    if not ok.all():
+        bad = int(np.argmin(ok))
+        after = f" after {timestamp[bad - 1]:.6f}s" if bad else ""
+        return f"timestamps are not increasing from 0: frame {bad} is at {timestamp[bad]:.6f}s{after}"
+    if len(timestamp) > 2 and fps > 0:
+        step = float(np.median(np.diff(timestamp)))
+        if abs(step * fps - 1) > FPS_TOLERANCE:
+            return f"timestamps advance {step:.4f}s per frame (median) but the dataset declares {fps:g} fps ({1 / fps:.4f}s)"
+    return None
 
 
 class Source(ABC):

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipelines import fs as fsx
 from pipelines.errors import DatasetError, EpisodeError
-from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeFrames, Source, SourceEpisode
+from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeFrames, Source, SourceEpisode, timestamp_problem
 from pipelines.sources.video import decode_at_timestamps
 
 # SVT-AV1 prints a banner per encoder unless told otherwise.
@@ -300,14 +300,8 @@ class LeRobotSource(Source):
         )
         if not np.array_equal(frames.frame_index, np.arange(len(frames))):
             raise EpisodeError("frame_index is not 0..N-1 without gaps", file=path, episode=episode.index)
-        if len(frames) > 1 and not np.all(np.diff(frames.timestamp) > 0):
-            bad = int(np.argmax(np.diff(frames.timestamp) <= 0)) + 1
-            raise EpisodeError(
-                f"timestamps are not strictly increasing (frame {bad}: {frames.timestamp[bad]:.6f}s "
-                f"after {frames.timestamp[bad - 1]:.6f}s)",
-                file=path,
-                episode=episode.index,
-            )
+        if problem := timestamp_problem(frames.timestamp, self.fps):
+            raise EpisodeError(problem, file=path, episode=episode.index)
         for key in vectors:
             values = _stack_vectors(table.column(key), key, int(np.prod(self.features[key]["shape"])), path, episode.index)
             if key == STATE_KEY:

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from pipelines import fs as fsx
 from pipelines.errors import DatasetError, EpisodeError
-from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeContext, EpisodeFrames, Source, SourceEpisode
+from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeContext, EpisodeFrames, Source, SourceEpisode, timestamp_problem
 from pipelines.sources.video import decode_at_timestamps
 
 FORMAT = "wvm-raw"
@@ -236,11 +236,8 @@ class RawSource(Source):
             raise fail(f"{FRAMES_FILE} has {table.num_rows} rows but listing found {episode.length} (the file changed)")
         if "timestamp" in table.column_names:
             ts = frames.timestamp = table.column("timestamp").to_numpy().astype(np.float64)
-            ok = np.concatenate([[ts[0] >= 0], ts[1:] > ts[:-1]])  # NaN fails both
-            if not ok.all():
-                bad = int(np.argmin(ok))
-                after = f" after {ts[bad - 1]:.6f}s" if bad else ""
-                raise fail(f"timestamps are not increasing from 0: frame {bad} is at {ts[bad]:.6f}s{after}")
+            if problem := timestamp_problem(ts, ep.fps):
+                raise fail(problem)
         for key in ("state", "action"):
             if key in table.column_names:
                 column, dim = table.column(key), self.feature_dim(key)
