@@ -28,8 +28,8 @@ import numpy as np
 from common import ROOT, memory_growth, replicate, write_results
 
 from pipelines.sources import open_source
+from pipelines.windows import EpisodeChain, label_episodes
 from wvm.handlers import LocalHandler
-from wvm.windows import EpisodeChain, label_episodes
 
 
 def decode_only(dataset: Path, geometry) -> tuple[float, int, dict]:

@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import METAWORLD_MINI, free_port
 
+from pipelines.windows import EpisodeChain
 from wvm.evaluate import load_bench
 from wvm.handlers import LocalHandler
 from wvm.serving.client import TritonHandler
 from wvm.serving.server import TritonServer
-from wvm.windows import EpisodeChain
 
 
 def collect_windows(handler, repeat: int):

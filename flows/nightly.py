@@ -22,11 +22,11 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from flows.runtime import Progress, dask_task_runner, exclusive, summary_artifact
 from pipelines import fs as fsx
 from pipelines.engines.prefect import PrefectEngine
+from pipelines.inference import ModelSpec
 from pipelines.ingest import IngestConfig, new_run_id, run_ingest
 from pipelines.labels_store import LabelsStore
 from pipelines.relabel import RelabelConfig, run_relabel
 from pipelines.report import LabelsSource, build_report
-from pipelines.stages.relabel import ModelSpec
 from pipelines.store import utcnow
 
 LATEST = "latest.json"

@@ -6,8 +6,8 @@ from prefect import flow
 
 from flows.runtime import Progress, dask_task_runner, exclusive, summary_artifact
 from pipelines.engines.prefect import PrefectEngine
+from pipelines.inference import ModelSpec
 from pipelines.relabel import RelabelConfig, run_relabel
-from pipelines.stages.relabel import ModelSpec
 
 
 @flow(name="wvm-relabel", task_runner=dask_task_runner())

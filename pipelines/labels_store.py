@@ -23,9 +23,9 @@ from pipelines import fs as fsx
 from pipelines.errors import WvmError
 from pipelines.lease import holds_data
 from pipelines.store import ensure_groups, open_zarr_group, read_failures, update_failures, utcnow, write_group_if_absent
+from pipelines.weights import AdvantageHistogram, top_weights
 from schemas import labels as spec
 from schemas.validate import conform
-from wvm.weights import AdvantageHistogram, top_weights
 
 TOP70_KEY = b"wvm.top70_threshold"
 

@@ -11,13 +11,15 @@ from tqdm import tqdm
 
 from pipelines.engines.base import Engine
 from pipelines.errors import EpisodeError, PartitionFailed
+from pipelines.inference import ModelSpec
 from pipelines.ingest import new_run_id
 from pipelines.labels_store import LabelsStore
 from pipelines.lease import OutputLease
 from pipelines.sources import Source, open_source, plan_partitions
 from pipelines.stages.ingest import failure_record, failure_row
-from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask, ModelSpec
+from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask
 from pipelines.store import utcnow
+from pipelines.version import code_version
 from schemas import labels as spec
 from schemas.episode_store import episode_id
 
@@ -114,8 +116,6 @@ def _camera(config: RelabelConfig, context, episode) -> str:
 
 def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True, on_progress=None) -> RelabelSummary:
     """Label what this model version lacks. `on_progress(done, total)` is called as partitions finish."""
-    from wvm import code_version
-
     started = time.monotonic()
     run_id = new_run_id()
     # Who answers decides where the labels go: ask the model before planning anything.

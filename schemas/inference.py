@@ -2,7 +2,7 @@
 and in process. Both backends check requests with `check_window_batch`.
 
 One request item is one episode read at the model's N samples (config parameter
-samples_per_episode; wvm.data.sample_positions says which frames).
+samples_per_episode; pipelines.windows.sample_positions says which frames).
 
 Inputs
   FRAMES        UINT8  [B, N, H, W, 3]      the episode's sampled frames in time order, RGB;

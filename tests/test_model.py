@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, load_model, save_model
-from wvm.metrics import auroc, expert_voc, failure_auroc, ground_truth, hesitation_rmse, retry_voc, spearman
+from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
 from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)

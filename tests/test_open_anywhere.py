@@ -19,10 +19,10 @@ import zarr
 
 from conftest import METAWORLD_MINI, copy_dataset
 from pipelines.engines.base import LocalEngine
+from pipelines.inference import ModelSpec
 from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.labels_store import LabelsStore
 from pipelines.relabel import RelabelConfig, run_relabel
-from pipelines.stages.relabel import ModelSpec
 from pipelines.sources import EpisodeFrames
 from pipelines.store import EpisodeStore
 from schemas import episode_store as layout

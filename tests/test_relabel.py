@@ -15,10 +15,10 @@ import pytest
 from conftest import METAWORLD_MINI, free_port, kill_midway_then_rerun
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import WvmError
+from pipelines.inference import ModelSpec
 from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.labels_store import LabelsError, LabelsStore
 from pipelines.relabel import RelabelConfig, run_relabel
-from pipelines.stages.relabel import ModelSpec
 from pipelines.store import open_zarr_group
 from schemas import labels as spec
 from schemas.validate import conform

@@ -12,11 +12,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import METAWORLD_MINI, free_port
+from pipelines.windows import EpisodeChain
 from schemas import inference as contract
 from wvm.evaluate import load_bench
 from wvm.handlers import LocalHandler
 from wvm.serving.client import ServerUnavailable, TritonHandler
-from wvm.windows import EpisodeChain
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +171,46 @@ def test_stub_environment_is_per_installation_and_built_once_when_raced(tmp_path
     assert numpy.stdout.startswith("1.26"), numpy.stderr
     monkeypatch.setattr(server, "_site_packages", lambda: tmp_path / "another-checkout" / "site-packages")
     assert server.stub_env_path() != first and server.stub_env_path().parent == first.parent
+
+
+def test_a_port_held_by_another_server_is_refused_before_starting():
+    import socket
+
+    from wvm.serving.server import ServerError, TritonServer
+
+    with socket.socket() as other:  # another server already listening on the HTTP port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        server = TritonServer(http_port=port, grpc_port=free_port(), metrics_port=free_port())
+        with pytest.raises(ServerError, match=rf"http port {port} on 127\.0\.0\.1 already in use"):
+            server.start()
+        assert server.process is None  # nothing was started
+
+
+@pytest.mark.slow
+def test_wvm_serve_listens_where_it_says_and_dies_with_kill_9(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    ports = [free_port() for _ in range(3)]
+    cmd = [sys.executable, "-m", "wvm.cli", "serve", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    serve = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready = json.loads(serve.stdout.readline())
+        assert ready["ready"] and ready["grpc"] == f"127.0.0.1:{ports[1]}"
+        (triton,) = [p for p in psutil.Process(serve.pid).children() if "tritonserver" in p.name()]
+        listening = {c.laddr.port: c.laddr.ip.removeprefix("::ffff:") for c in triton.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        assert {listening.get(p) for p in ports} == {"127.0.0.1"}, listening  # not 0.0.0.0
+        os.kill(serve.pid, signal.SIGKILL)
+        serve.wait(10)
+        gone, _ = psutil.wait_procs([triton], timeout=60)
+        assert gone, "tritonserver outlived a kill -9 of wvm serve"
+    finally:
+        for process in psutil.Process().children(recursive=True):
+            process.kill()

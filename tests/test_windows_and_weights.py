@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wvm.data import edit_episode, sample_positions
+from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
+from pipelines.windows import EpisodeChain, WindowGeometry, label_episodes, sample_positions
+from wvm.data import edit_episode
 from wvm.metrics import ground_truth
-from wvm.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
-from wvm.windows import EpisodeChain, WindowGeometry, label_episodes
 
 GEOMETRY = WindowGeometry(samples_per_episode=24)
 

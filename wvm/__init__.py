@@ -2,24 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import subprocess
-from pathlib import Path
+# One version for the whole distribution; labels stamp pipelines.version.code_version().
+from pipelines.version import __version__
 
-__version__ = "0.1.0"
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout (stamped on labels)."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=10", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
+__all__ = ["__version__"]

@@ -231,6 +231,8 @@ def _serve(args: argparse.Namespace) -> None:
         repository = write_repository(args.checkpoint, repository)
     server = TritonServer(
         model_repository=repository,
+        host=args.host,
+        die_with_parent=True,  # a kill -9 of `wvm serve` takes the server with it
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
@@ -263,6 +265,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model-repository", default=None, help="Triton model repository (default: model_repository/)")
     p.add_argument("--checkpoint", default=None, help="serve this checkpoint instead of the one config.pbtxt names")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, e.g. in a container)")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -272,7 +275,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_spec(args: argparse.Namespace):
-    from pipelines.stages.relabel import ModelSpec
+    from pipelines.inference import ModelSpec
 
     return ModelSpec(
         backend=args.backend,

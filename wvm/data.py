@@ -1,5 +1,6 @@
 """Training data: episodes from episode stores (with optional ground-truth labels), the
-sampling grid shared with inference, clip sampling with video rewinding, and augmentation."""
+sampling grid shared with inference (pipelines.windows.sample_positions), clip sampling with
+video rewinding, and augmentation."""
 
 from __future__ import annotations
 
@@ -10,21 +11,12 @@ import numpy as np
 import torch
 
 from pipelines import fs as fsx
+from pipelines.windows import sample_positions
 from schemas.ground_truth import GROUND_TRUTH
 from schemas.validate import conform
 from wvm.metrics import ground_truth
 
 log = logging.getLogger(__name__)
-
-
-def sample_positions(length: int, samples: int) -> np.ndarray:
-    """Frame indices at which the model reads an episode: `samples` evenly spaced frames, first
-    and last included (every frame when the episode is shorter). The same count whatever the
-    episode's length, fps or speed, so progress per sample is alike across robots and frame
-    rates. Training and inference both use this."""
-    if length <= 1:
-        return np.zeros(1, dtype=np.int64)
-    return np.unique(np.round(np.linspace(0, length - 1, min(samples, length))).astype(np.int64))
 
 
 @dataclass

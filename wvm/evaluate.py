@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.sources import open_source
+from pipelines.weights import episode_summary
+from pipelines.windows import EpisodeChain, label_episodes
 from schemas.ground_truth import KINDS, LABELS_SUFFIX, SUCCESS_KINDS
 from wvm.data import ground_truth_by_episode
 from wvm.handlers import ValueModelHandler
 from wvm.metrics import episode_metric, failure_auroc, ground_truth
-from wvm.weights import episode_summary
-from wvm.windows import EpisodeChain, label_episodes
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def predict(handler: ValueModelHandler | None, episodes: list[BenchEpisode], bat
 
 def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> dict[str, float]:
     """Per-episode metrics averaged per kind, and Failure-AUROC of the episode quality score
-    (wvm.weights.episode_summary, what users filter on) over successful vs failed episodes."""
+    (pipelines.weights.episode_summary, what users filter on) over successful vs failed episodes."""
     per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
     for e in episodes:
         scored = episode_metric(e.kind, predictions[e.index], e.truth, e.seg_start, e.seg_end)

@@ -2,7 +2,9 @@
 
 `LocalHandler` runs the checkpoint in-process; `TritonHandler` (wvm.serving.client) sends the
 same requests to a Triton Inference Server. Both take and return exactly what
-schemas/inference.py specifies, so pipelines switch between them with one flag.
+schemas/inference.py specifies, so pipelines switch between them with one flag. They satisfy
+the interface pipelines use (pipelines.inference.ValueModelHandler), and pipelines find them
+by import path (pipelines.inference.HANDLERS): pipelines never import this package.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from wvm.windows import WindowGeometry
+from pipelines.windows import WindowGeometry
 
 
 class ValueModelHandler(ABC):

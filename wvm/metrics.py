@@ -3,12 +3,15 @@ Failure-AUROC (issue #10): how well episode quality separates successes from fai
 
 Per episode, then averaged over episodes by the caller. Spearman rank correlation; a constant
 prediction scores 0 (Spearman is undefined there and we define it as no correlation).
+`spearman` and `expert_voc` are defined with the labels they also compute (pipelines.weights:
+an episode's monotonicity is its Expert-VOC).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
+
+from pipelines.weights import expert_voc, spearman
 
 
 def ground_truth(length: int, kind: str, seg_start: int = -1, seg_end: int = -1) -> np.ndarray:
@@ -44,18 +47,6 @@ def ground_truth(length: int, kind: str, seg_start: int = -1, seg_end: int = -1)
     else:
         raise ValueError(f"unknown episode kind {kind!r}")
     return np.interp(t, [0, m, n, T - 1], [0.0, v_m, v_n, 1.0])
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(spearmanr(a, b).statistic)
-
-
-def expert_voc(pred: np.ndarray) -> float:
-    """Value-Order Correlation: Spearman(predicted values in time order, frame index)."""
-    return spearman(pred, np.arange(len(pred)))
 
 
 def hesitation_rmse(pred: np.ndarray, gt: np.ndarray, seg_start: int, seg_end: int) -> float:

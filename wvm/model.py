@@ -58,7 +58,7 @@ class WVMConfig:
     latent_channels: int = 8
     ae_widths: tuple[int, ...] = (32, 64, 128)  # one stride-2 stage each: 64 -> 8 px latents
     patch: int = 4  # latent patch per video token: 8x8 latents -> 2x2 = 4 tokens per frame
-    # clip: the whole episode at this many evenly spaced samples (wvm.data.sample_positions)
+    # clip: the whole episode at this many evenly spaced samples (pipelines.windows.sample_positions)
     samples_per_episode: int = 24
     # transformer
     video_width: int = 128
@@ -341,7 +341,7 @@ def valid_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
 
 def episode_time(valid: torch.Tensor) -> torch.Tensor:
     """(B, N) real-sample mask -> where each sample lies in its episode, 0 (first frame) to 1
-    (last), as the evenly spaced samples of wvm.data.sample_positions lie; padding gets 1.
+    (last), as the evenly spaced samples of pipelines.windows.sample_positions lie; padding gets 1.
     Samples carry this instead of their index, so a short episode read at every frame still
     ends at 1."""
     lengths = valid.sum(1, keepdim=True).float()

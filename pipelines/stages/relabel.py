@@ -1,10 +1,10 @@
 """Relabel stage: value-label one partition of episodes with a model and write its outputs.
 
 For each episode: read its per-frame table and only the frames the model samples, send one
-request per episode (wvm.windows) through the model handler, batching across the partition's episodes
-while a background thread decodes the next ones, then compute advantages, weights and the
-episode summary, and write the partition's progress array, frames and sidecar parts, and
-last its commit record.
+request per episode (pipelines.windows) through the model handler (pipelines.inference),
+batching across the partition's episodes while a background thread decodes the next ones,
+then compute advantages, weights and the episode summary (pipelines.weights), and write the
+partition's progress array, frames and sidecar parts, and last its commit record.
 """
 
 from __future__ import annotations
@@ -19,41 +19,18 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.errors import EpisodeError, WvmError
+from pipelines.inference import ModelSpec, ValueModelHandler
 from pipelines.labels_store import LabelsStore
 from pipelines.sources import SourceEpisode, open_source
 from pipelines.stages.base import Stage
 from pipelines.stages.ingest import failure_row
 from pipelines.store import utcnow
+from pipelines.weights import awr_weights, binary_weights, chunk_advantage, episode_summary
+from pipelines.windows import EpisodeChain, label_episodes
 from schemas import labels as spec
 from schemas.validate import conform
-from wvm.weights import awr_weights, binary_weights, chunk_advantage, episode_summary
-from wvm.windows import EpisodeChain, label_episodes
 
 DECODE_AHEAD = 4  # episodes decoded ahead of the model: enough to refill finished chains
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which model answers: in-process (`local`) or a Triton server (`triton`)."""
-
-    backend: str = "local"  # local | triton
-    checkpoint: str | None = None  # local: checkpoint directory (default: the shipped one)
-    triton_url: str = "127.0.0.1:8001"  # triton: host:gRPC port
-    expected_version: str | None = None  # triton: refuse a server with another model
-    ready_timeout_s: float = 60.0  # triton: how long to wait for the server to be ready
-    device: str = "cpu"
-    threads: int = 0
-
-    def handler(self):
-        if self.backend == "triton":
-            from wvm.serving.client import TritonHandler
-
-            return TritonHandler(self.triton_url, expected_version=self.expected_version, ready_timeout_s=self.ready_timeout_s)
-        if self.backend == "local":
-            from wvm.handlers import LocalHandler
-
-            return LocalHandler(self.checkpoint, device=self.device, threads=self.threads)
-        raise WvmError(f"unknown model backend {self.backend!r} (local | triton)")
 
 
 @dataclass(frozen=True)
@@ -107,7 +84,7 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
         info = self._labels.model_info()
         # Every answer must come from the model this run labels with (a server may be redeployed).
         pinned = replace(self.model, expected_version=self.model.expected_version or f"{info['model_version']}@{info['checkpoint_hash']}")
-        self._handler = pinned.handler()
+        self._handler: ValueModelHandler = pinned.handler()
         self._handler.load()
         if (self._handler.version, self._handler.checkpoint_hash) != (info["model_version"], info["checkpoint_hash"]):
             raise WvmError(

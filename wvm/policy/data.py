@@ -30,9 +30,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.errors import DatasetError, WvmError
+from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, top_weights
 from schemas import labels as spec
 from schemas.ground_truth import LABELS_SUFFIX
-from wvm.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, top_weights
 
 log = logging.getLogger(__name__)
 

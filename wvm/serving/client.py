@@ -20,9 +20,9 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from pipelines.errors import WvmError
+from pipelines.windows import WindowGeometry
 from schemas import inference as contract
 from wvm.handlers import ValueModelHandler
-from wvm.windows import WindowGeometry
 
 log = logging.getLogger(__name__)
 

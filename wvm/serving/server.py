@@ -133,30 +133,68 @@ def write_repository(checkpoint: str, base: Path = DEFAULT_REPOSITORY) -> Path:
     return target
 
 
+SHM_GLOB = "/dev/shm/triton_python_backend_shm_region_*"
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _mapped_shm(pid: int) -> set[str]:
+    """Triton shared-memory regions a process has mapped (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return {line.split()[-1] for line in maps if "triton_python_backend_shm_region_" in line}
+    except OSError:
+        return set()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the parent dies (even by kill -9)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class TritonServer:
     model_repository: Path = DEFAULT_REPOSITORY
+    host: str = "127.0.0.1"  # the address every endpoint listens on (0.0.0.0: all interfaces)
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
     config_name: str | None = None  # e.g. "gpu" selects configs/gpu.pbtxt
     log_file: Path | None = None
     startup_timeout_s: float = 180.0
+    # the server goes when the process that started it goes, even by kill -9 (`wvm serve`);
+    # off by default: the kernel ties it to the starting *thread*
+    die_with_parent: bool = False
 
     def __post_init__(self):
         self.process: subprocess.Popen | None = None
-        self._started_at = 0.0
+        self._shm: set[str] = set()  # this server's shared-memory regions, known once ready
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self._client_host}:{self.grpc_port}"
 
     @property
     def endpoints(self) -> dict:
         return {
-            "http": f"http://127.0.0.1:{self.http_port}",
+            "http": f"http://{self._client_host}:{self.http_port}",
             "grpc": self.grpc_url,
-            "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics",
+            "metrics": f"http://{self._client_host}:{self.metrics_port}/metrics",
         }
 
     def command(self) -> list[str]:
@@ -164,8 +202,11 @@ class TritonServer:
             str(_triton_root() / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository}",
             f"--backend-directory={prepare_backends()}",
+            f"--http-address={self.host}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=true",
             # the config is complete; auto-complete would start an extra stub and double startup
@@ -188,11 +229,22 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self.process is not None:
             return self
+        # another server on one of our ports would answer our readiness checks: refuse first
+        busy = [f"{name} port {port}" for name, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)) if _port_in_use(self.host, port)]
+        if busy:
+            raise ServerError(f"{', '.join(busy)} on {self.host} already in use (another server?); choose free ports")
         command, env = self.command(), self.environment()
         log_target = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self._started_at = time.time()
-        self.process = subprocess.Popen(command, env=env, stdout=log_target, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log_target,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
+        )
         self.wait_ready()
+        self._shm = _mapped_shm(self.process.pid)
         return self
 
     def ready(self) -> bool:
@@ -232,11 +284,11 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         if self.process.returncode and self.process.returncode < 0:
-            # A crashed server leaves its Python-backend shared memory behind.
-            for region in glob.glob("/dev/shm/triton_python_backend_shm_region_*"):
-                if os.path.getmtime(region) >= self._started_at:
-                    os.unlink(region)
-        self.process = None
+            # A crashed server leaves its Python-backend shared memory behind: remove its own
+            # regions (mapped by it once ready), never another server's
+            for region in self._shm & set(glob.glob(SHM_GLOB)):
+                os.unlink(region)
+        self.process, self._shm = None, set()
 
     def __enter__(self) -> TritonServer:
         return self.start()

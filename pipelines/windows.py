@@ -1,7 +1,8 @@
 """From model requests to a value for every frame of an episode.
 
-The model reads an episode at N evenly spaced samples (`wvm.data.sample_positions`; the first
-and last frames are always samples, shorter episodes use every frame and pad the request).
+The model reads an episode at N evenly spaced samples (`sample_positions`, which training uses
+too; the first and last frames are always samples, shorter episodes use every frame and pad
+the request).
 One request per episode: each sampled frame is read (and encoded) once. Frames between samples
 are interpolated linearly.
 
@@ -15,7 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wvm.data import sample_positions
+
+def sample_positions(length: int, samples: int) -> np.ndarray:
+    """Frame indices at which the model reads an episode: `samples` evenly spaced frames, first
+    and last included (every frame when the episode is shorter). The same count whatever the
+    episode's length, fps or speed, so progress per sample is alike across robots and frame
+    rates. Training (wvm.data) and inference both use this."""
+    if length <= 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, length - 1, min(samples, length))).astype(np.int64))
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,30 @@
 """From per-frame values to what training teams use: chunk advantages, sample weights
-(REFERENCE §3) and a per-episode quality summary (definitions in schemas/README.md)."""
+(REFERENCE §3) and a per-episode quality summary (definitions in schemas/README.md).
+
+Also the rank statistics the summary's monotonicity is (`spearman`, `expert_voc`): the model
+package's evaluation metrics (wvm.metrics) use these same definitions.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from schemas import labels as spec
-from wvm.metrics import expert_voc
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; a constant input scores 0 (undefined there: no correlation)."""
+    from scipy.stats import spearmanr  # here: scipy.stats takes a second to import
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def expert_voc(pred: np.ndarray) -> float:
+    """Value-Order Correlation: Spearman(predicted values in time order, frame index)."""
+    return spearman(pred, np.arange(len(pred)))
 
 
 def chunk_advantage(values: np.ndarray, horizon: int = spec.ADVANTAGE_HORIZON) -> np.ndarray:
