@@ -135,3 +135,24 @@ def test_two_concurrent_runs_do_not_corrupt_the_output(prefect_server, triton_se
     assert frames.num_rows == len(set(zip(frames["episode_index"].to_pylist(), frames["frame_index"].to_pylist()))) == 524
     (store,) = (out / "stores").iterdir()
     assert EpisodeStore(str(store)).episodes().num_rows == 18
+
+
+def test_ingest_and_relabel_flows_on_an_open_x_embodiment_dataset(prefect_server, triton_server, tmp_path):
+    """flows/ingest.py and flows/relabel.py as a deployment would run them: the real RLDS
+    fixture into a store, then labelled through Triton; a rerun of each does nothing new."""
+    from conftest import FIXTURES
+    from flows.ingest import ingest_flow
+    from flows.relabel import relabel_flow
+
+    bridge, store, labels = FIXTURES / "bridge_rlds_debug", tmp_path / "store", tmp_path / "labels"
+    ingested = ingest_flow(source=str(bridge), store=str(store))
+    assert (ingested["episodes_written"], ingested["frames_written"], ingested["failed"]) == (50, 500, 0)
+    labelled = relabel_flow(source=str(store), dst=str(labels), triton_url=triton_server.grpc_url)
+    assert (labelled["episodes_labelled"], labelled["frames_labelled"], labelled["failed"]) == (50, 500, 0)
+    (version,) = [p for p in (labels / spec.VERSIONS_DIR).iterdir() if p.is_dir()]
+    frames = pq.read_table(version / spec.FRAMES_DIR)
+    assert frames.num_rows == 500 and len(set(frames.column("episode_id").to_pylist())) == 50
+    before = files(labels)
+    assert ingest_flow(source=str(bridge), store=str(store))["already_stored"] == 50
+    assert relabel_flow(source=str(store), dst=str(labels), triton_url=triton_server.grpc_url)["already_labelled"] == 50
+    assert files(labels) == before
