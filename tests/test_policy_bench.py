@@ -101,7 +101,26 @@ def test_methods_take_their_weights_from_the_frames_tables():
     assert build_samples(Run("bc_binary", "wvm"), episodes, sources, 10).weight.tolist() == [1, 0, 0, 1, 1]
     assert build_samples(Run("bc_top70", "gt"), episodes, sources, 10).kept().episode.tolist() == [1, 1]
     assert build_samples(Run("awr", "ramp"), episodes, sources, 10).weight.tolist() == [0.5, 2, 0.25, 1, 1]
-    assert [r.name for r in RUNS][:3] == ["bc", "bc_expert", "bc_binary/wvm"] and len(RUNS) == 11
+    assert [r.name for r in RUNS][:3] == ["bc", "bc_expert", "bc_binary/wvm"] and len(RUNS) == 14
+
+
+def test_episode_filter_keeps_the_top_70_percent_of_episodes_by_quality():
+    from wvm.policy.data import EPISODE_WEIGHT, with_episode_filter
+
+    progress = {
+        0: [0.0, 0.25, 0.5, 0.75, 1.0],  # steady to the end: quality 1
+        1: [0.0, 0.5, 0.5, 0.5, 1.0],  # ends at 1, flat 2 of 4 steps: 1 * (1 - 0.5 / 2) = 0.75
+        2: [0.0, 0.3, 0.6, 0.6, 0.6],  # stops at 0.6, flat 2 of 4: 0.6 * 0.75 = 0.45
+    }
+    frames = pd.DataFrame(
+        [{"episode_index": i, "frame_index": t, "progress": v} for i, values in progress.items() for t, v in enumerate(values)]
+    )
+    kept = with_episode_filter(frames).groupby("episode_index")[EPISODE_WEIGHT].agg(["min", "max"])
+    # the cut is the 30th percentile of (1, 0.75, 0.45): 0.45 + 0.6 * 0.3 = 0.63, so 2 of 3 episodes stay
+    assert kept["min"].tolist() == kept["max"].tolist() == [1.0, 1.0, 0.0]
+    # the time ramp rates every episode alike: a filter that keeps them all (= plain BC)
+    ramp = pd.DataFrame([{"episode_index": i, "frame_index": t, "progress": t / 4} for i in range(3) for t in range(5)])
+    assert with_episode_filter(ramp)[EPISODE_WEIGHT].tolist() == [1.0] * 15
 
 
 @pytest.mark.slow

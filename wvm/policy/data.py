@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipelines.errors import DatasetError, WvmError
-from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, top_weights
+from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from schemas import labels as spec
 from schemas.ground_truth import LABELS_SUFFIX
 
@@ -41,7 +41,10 @@ KINDS = ("expert", "hesitation", "retry", "failed", "noisy")
 DATAGEN_REVISION = 2  # 2: noisy episodes carry measured ground truth
 SOURCES = ("wvm", "ramp", "gt")  # value model, time ramp t/(T-1), ground-truth progress
 SOURCE_NAMES = {"wvm": "wvm (value model)", "ramp": "time ramp", "gt": "ground truth"}
-WEIGHT_COLUMNS = ("w_binary", "w_top70", "w_awr")
+WEIGHT_COLUMNS = ("w_binary", "w_top70", "w_awr")  # per-frame weights, as frames.parquet has them
+# whole-episode filter: 1 for the episodes whose quality (pipelines.weights.episode_summary, as
+# episodes.parquet reports it) is in the dataset's top 70 %, else 0
+EPISODE_WEIGHT = "w_episode70"
 
 
 @dataclass(frozen=True)
@@ -227,11 +230,20 @@ def label_sources(episodes: list[Episode], labels_dir: str, model_key: str, hori
     expected = sum(len(e.state) for e in episodes)
     if len(wvm) != expected:
         raise WvmError(f"{labels_dir} labels {len(wvm)} frames but the dataset has {expected}: relabel it again")
-    return {
+    sources = {
         "wvm": wvm,
         "ramp": control_frames({e.index: time_ramp(len(e.state)) for e in episodes}, horizon),
         "gt": control_frames({e.index: e.gt_progress for e in episodes}, horizon),
     }
+    return {name: with_episode_filter(frames) for name, frames in sources.items()}
+
+
+def with_episode_filter(frames: pd.DataFrame) -> pd.DataFrame:
+    """`frames` plus EPISODE_WEIGHT: whole episodes kept by their quality, the cut keeping the
+    dataset's top 70 % of episodes (ties kept: the time ramp rates every episode alike)."""
+    quality = {int(i): episode_summary(g.sort_values("frame_index")["progress"].to_numpy())["quality"] for i, g in frames.groupby("episode_index")}
+    cut = np.quantile(np.fromiter(quality.values(), float), 1.0 - spec.TOP_FRACTION)
+    return frames.assign(**{EPISODE_WEIGHT: frames["episode_index"].map(lambda i: float(quality[int(i)] >= cut - 1e-12)).astype(np.float32)})
 
 
 def by_episode(frames: pd.DataFrame, column: str) -> dict[int, np.ndarray]:

@@ -9,6 +9,10 @@ columns `wvm relabel` writes into frames.parquet:
     bc_binary  w_binary = 1[A >= 0]
     bc_top70   w_top70  = 1[A >= c], c the dataset-level cut keeping the top 70 % of advantages
     awr        w_awr    = min(exp(10 A), 2)
+
+and one whole-episode filter, what a team does with episodes.parquet's quality score:
+
+    bc_episodes  w_episode70 = 1 on the episodes whose quality is in the dataset's top 70 %
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ METHODS = {
     "bc_binary": "binary-filtered BC, w = 1[A >= 0]",
     "bc_top70": "top-70 % filtered BC",
     "awr": "AWR, w = min(exp(10 A), 2)",
+    "bc_episodes": "BC on the top-70 % episodes by quality",
 }
-WEIGHT_COLUMN = {"bc_binary": "w_binary", "bc_top70": "w_top70", "awr": "w_awr"}
+WEIGHT_COLUMN = {"bc_binary": "w_binary", "bc_top70": "w_top70", "awr": "w_awr", "bc_episodes": "w_episode70"}
 
 
 @dataclass(frozen=True)
