@@ -45,23 +45,45 @@ def awr_weights(advantage: np.ndarray, tau: float = spec.AWR_TAU, delta: float =
 
 
 def top_weights(advantage: np.ndarray, threshold: float) -> np.ndarray:
-    """Top-fraction filtered BC: keep samples at or above the dataset-level cut."""
-    return (advantage >= threshold).astype(np.float32)
+    """Top-fraction filtered BC: keep samples at or above the dataset-level cut. Compared as
+    float32, the type advantages are stored in (whatever the types passed: NumPy would compare
+    a float32 array with a Python float in float32 but with a NumPy float64 in float64)."""
+    return (np.asarray(advantage, dtype=np.float32) >= np.float32(threshold)).astype(np.float32)
 
 
 class AdvantageHistogram:
     """Streaming quantiles of advantages (which lie in [-1, 1]) with fixed 1e-4 bins: memory is
-    constant however many frames, and the result does not depend on the order of the data."""
+    constant however many frames, and the result does not depend on the order of the data.
+
+    The bins are fixed, so histograms of parts of a dataset add up exactly to the histogram of
+    the whole (`merge`): a partition's histogram is its summary (`summary` / `from_summary`),
+    and the dataset-level cut is computed from the sum of the summaries. Bin i holds the
+    advantages a with edge(i) <= a < edge(i + 1), compared as float32 (the type advantages are
+    stored and compared in, see `top_weights`), so for a cut on a bin edge (every cut
+    `cut_keeping` returns) `count_at_or_above(cut)` is exactly the number of frames that
+    `top_weights(advantage, cut)` keeps."""
 
     BINS = 20_000
+    LOW, HIGH = -1.0, 1.0
+    # lower edges of the bins and the upper edge of the last: the values cuts take (6 decimals)
+    EDGES = np.round(LOW + (HIGH - LOW) * np.arange(BINS + 1) / BINS, 6)
+    _EDGES32 = EDGES.astype(np.float32)
 
     def __init__(self):
         self.counts = np.zeros(self.BINS, dtype=np.int64)
 
     def add(self, advantage: np.ndarray) -> None:
-        a = np.clip(np.asarray(advantage, dtype=np.float64), -1.0, 1.0)
-        idx = np.minimum(((a + 1.0) / 2.0 * self.BINS).astype(np.int64), self.BINS - 1)
+        a = np.asarray(advantage, dtype=np.float32).ravel()
+        idx = np.clip(np.searchsorted(self._EDGES32, a, side="right") - 1, 0, self.BINS - 1)
         self.counts += np.bincount(idx, minlength=self.BINS)
+
+    def merge(self, other: AdvantageHistogram) -> AdvantageHistogram:
+        self.counts += other.counts
+        return self
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
 
     def cut_keeping(self, fraction: float) -> float:
         """The lower edge of the bin where the top `fraction` of samples begins."""
@@ -71,7 +93,39 @@ class AdvantageHistogram:
         from_top = np.cumsum(self.counts[::-1])
         first = int(np.searchsorted(from_top, fraction * total))  # bins counted from the top
         lower_bin = self.BINS - 1 - min(first, self.BINS - 1)
-        return round(-1.0 + 2.0 * lower_bin / self.BINS, 6)
+        return float(self.EDGES[lower_bin])
+
+    def count_at_or_above(self, cut: float) -> int:
+        """Samples in the bins at or above `cut`: for a cut on a bin edge below 1 (every cut
+        `cut_keeping` returns), exactly the samples a >= cut (float32 comparison, as
+        `top_weights`)."""
+        first = int(np.searchsorted(self._EDGES32, np.float32(cut), side="left"))
+        return int(self.counts[first:].sum())
+
+    def summary(self) -> dict:
+        """A compact, exact, JSON-able form: the non-empty bins and their counts."""
+        nonzero = np.flatnonzero(self.counts)
+        return {
+            "bins": self.BINS,
+            "range": [self.LOW, self.HIGH],
+            "frames": self.total,
+            "bin": nonzero.tolist(),
+            "count": self.counts[nonzero].tolist(),
+        }
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> AdvantageHistogram:
+        """The histogram `summary` describes; ValueError when it has other bins (not addable)."""
+        if summary.get("bins") != cls.BINS or list(summary.get("range", ())) != [cls.LOW, cls.HIGH]:
+            raise ValueError(f"histogram of {summary.get('bins')} bins over {summary.get('range')}, not {cls.BINS} over [{cls.LOW}, {cls.HIGH}]")
+        histogram = cls()
+        bins, counts = np.asarray(summary["bin"], dtype=np.int64), np.asarray(summary["count"], dtype=np.int64)
+        if len(bins) != len(counts) or (len(bins) and (bins.min() < 0 or bins.max() >= cls.BINS)) or (counts < 0).any():
+            raise ValueError("malformed histogram summary")
+        np.add.at(histogram.counts, bins, counts)
+        if histogram.total != summary.get("frames", histogram.total):
+            raise ValueError("histogram summary: counts do not add up to its frames")
+        return histogram
 
 
 def episode_summary(values: np.ndarray) -> dict:

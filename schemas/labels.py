@@ -14,6 +14,9 @@
         episodes.parquet                          all EPISODES rows (consolidated per run)
         wvm_progress.parquet                      LeRobot RA-BC sidecar (consolidated per run)
         weights.json                              dataset-level weight parameters (top-70% cut)
+        finalize_index.json                       finalize's bookkeeping: the cut each frames part
+                                                  holds and the sidecar parts last consolidated,
+                                                  with their file tokens (a cache; parts are truth)
         failures.parquet                          dead-letter table (schemas.episode_store.FAILURES)
 
 Every directory on the way to a progress array (versions/, versions/<model_key>/, progress/,
@@ -36,6 +39,7 @@ LATEST_POINTER = "latest.json"
 VERSIONS_DIR = "versions"
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.json"
+FINALIZE_INDEX = "finalize_index.json"
 PROGRESS_DIR = "progress"
 PROGRESS_ARRAY = "progress"
 FRAMES_DIR = "frames.parquet"
@@ -53,7 +57,30 @@ PROGRESS_ATTRIBUTES = {"units": "progress in [0, 1]", "description": "predicted 
 ADVANTAGE_HORIZON = 10
 AWR_TAU = 10.0
 AWR_DELTA = 2.0
+
+# The top-70 % cut: w_top70 = 1[A >= c]. Incremental rule (pipelines.labels_store.finalize):
+# - every frames part records in its Parquet metadata (TOP70_KEY) the cut c its w_top70 was
+#   computed with, and w_top70 == 1[advantage >= c] (float32 comparison) for each of its frames;
+# - every episodes part (a partition's commit record) carries in its Parquet metadata
+#   (HISTOGRAM_KEY) the histogram of its partition's advantages (fixed 1e-4 bins over [-1, 1]:
+#   summaries add up exactly);
+# - after each run, the dataset-level cut c* (the top TOP_FRACTION of all frames of the version)
+#   comes from the sum of the summaries, without reading frames parts;
+# - the parts keep their stored cuts while the fraction of all frames that the stored cuts keep
+#   (per partition, the histogram mass at or above its own cut; parts about to be rewritten
+#   counted at c*) stays within TOP_TOLERANCE of TOP_FRACTION (the upper bound is raised to what
+#   c* itself keeps when frames tied in c*'s bin put that above TOP_FRACTION): a run that adds a
+#   little data rewrites no old part. Outside it, every part whose cut is not c* is rewritten
+#   with c*;
+# - a part the stage just wrote (partition-local cut, TOP70_PROVISIONAL_KEY set), a part that
+#   loses rows (episodes the source no longer has) and a part with no recorded cut always get c*.
+# weights.json says c* (top70_threshold), the tolerance, the fraction kept as the parts stand
+# (kept_fraction) and the range of cuts in use.
 TOP_FRACTION = 0.7
+TOP_TOLERANCE = 0.01  # of all frames: 1 percentage point
+TOP70_KEY = b"wvm.top70_threshold"  # frames part metadata: the cut its w_top70 was computed with
+TOP70_PROVISIONAL_KEY = b"wvm.top70_provisional"  # frames part metadata: b"1" until finalize sets c*
+HISTOGRAM_KEY = b"wvm.advantage_histogram"  # episodes part metadata: JSON AdvantageHistogram.summary()
 
 # Episode summary thresholds: a frame is flat when its value moves less than a quarter of the
 # per-frame progress of an ideal (linear) episode, falling when it drops by more than that.

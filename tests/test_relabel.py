@@ -3,12 +3,14 @@ sidecar, weights recomputed by hand, engines, object storage, crashes, model ver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -327,3 +329,222 @@ def test_two_relabels_into_one_output_label_every_frame_once(tmp_path):
     sidecar = pq.read_table(out / spec.SIDECAR_FILE)
     assert sidecar.num_rows == N_FRAMES and len(set(sidecar.column("index").to_pylist())) == N_FRAMES
     assert read_frames_table(version_dir(out)).num_rows == N_FRAMES
+
+
+# -- incremental finalize (issue #13) --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def files_opened_for_reading():
+    """Every path the labels store's filesystem (fsspec, local) opens for reading meanwhile."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    opened: list[str] = []
+    original = LocalFileSystem._open
+
+    def spy(self, path, mode="rb", *args, **kwargs):
+        if "r" in mode:
+            opened.append(str(path))
+        return original(self, path, mode, *args, **kwargs)
+
+    LocalFileSystem._open = spy
+    try:
+        yield opened
+    finally:
+        LocalFileSystem._open = original
+
+
+def frames_parts(version: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((version / spec.FRAMES_DIR).glob("part-*.parquet"))}
+
+
+def recorded_cut(part: Path) -> float:
+    metadata = pq.read_schema(part).metadata
+    assert spec.TOP70_PROVISIONAL_KEY not in metadata, part
+    return float(metadata[spec.TOP70_KEY])
+
+
+def assert_top70_as_recorded(version: Path) -> dict:
+    """w_top70 is exactly 1[advantage >= the cut recorded in its part] in every part, the frames
+    kept overall are 70 % +- the tolerance, and weights.json says so."""
+    kept = frames = 0
+    for part in sorted((version / spec.FRAMES_DIR).glob("part-*.parquet")):
+        table = pq.read_table(part)
+        advantage = table["advantage"].to_numpy()
+        np.testing.assert_array_equal(table["w_top70"].to_numpy(), (advantage >= recorded_cut(part)).astype(np.float32), err_msg=part.name)
+        kept, frames = kept + int(table["w_top70"].to_numpy().sum()), frames + table.num_rows
+    weights = json.loads((version / spec.WEIGHTS_FILE).read_text())
+    assert weights["tolerance"] == spec.TOP_TOLERANCE == 0.01
+    assert weights["frames"] == frames
+    assert weights["kept_fraction"] == pytest.approx(kept / frames, abs=1e-6)  # the summaries count exactly
+    assert 0.69 <= kept / frames <= 0.71
+    return weights
+
+
+def test_adding_a_few_episodes_rewrites_no_old_frames_part(metaworld_copy, tmp_path):
+    # label 16 of the 18 episodes in small partitions, then bring the last two back
+    episodes_file = metaworld_copy / "meta/episodes/chunk-000/file-000.parquet"
+    full = pq.read_table(episodes_file)
+    pq.write_table(full.slice(0, 16), episodes_file)
+    labels = tmp_path / "labels"
+    relabel(metaworld_copy, labels, partition_frames=60)
+    version = version_dir(labels)
+    before = frames_parts(version)
+    first = assert_top70_as_recorded(version)
+    assert first["part_cuts"]["distinct"] == 1
+
+    pq.write_table(full, episodes_file)
+    with files_opened_for_reading() as opened:
+        summary = relabel(metaworld_copy, labels, partition_frames=60)
+    assert (summary.episodes_labelled, summary.already_labelled) == (2, 16)
+    after = frames_parts(version)
+    assert set(before) < set(after)
+    for part, (mtime, data) in before.items():  # every old part as it was, and not even opened
+        assert after[part] == (mtime, data), part.name
+        assert str(part) not in opened, part.name
+    weights = assert_top70_as_recorded(version)
+    assert weights["top70_threshold"] != first["top70_threshold"]  # the cut moved: today's finalize rewrote every part
+    for part in set(after) - set(before):  # the new parts hold the current cut
+        assert recorded_cut(part) == weights["top70_threshold"]
+    assert read_frames_table(version).num_rows == N_FRAMES
+    sidecar = pq.read_table(version / spec.SIDECAR_FILE)
+    assert sidecar["index"].to_pylist() == sorted(read_frames_table(version)["index"].to_pylist())
+
+    # a rerun with nothing new opens no frames or sidecar part and writes nothing
+    files = {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()}
+    with files_opened_for_reading() as opened:
+        again = relabel(metaworld_copy, labels, partition_frames=60)
+    assert (again.episodes_labelled, again.already_labelled) == (0, 18)
+    parts_dirs = (f"/{spec.FRAMES_DIR}/", f"/{spec.SIDECAR_PARTS_DIR}/")
+    assert not [p for p in opened if any(d in p for d in parts_dirs)]
+    episodes_parts = [p for p in opened if f"/{spec.EPISODE_PARTS_DIR}/" in p]
+    assert len(episodes_parts) == len(set(episodes_parts))  # each episodes part read once in the run
+    assert {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()} == files
+
+
+@pytest.fixture(scope="module")
+def labelled_mini(tmp_path_factory) -> Path:
+    """metaworld_mini labelled once in partitions of 60 frames (tests copy it)."""
+    labels = tmp_path_factory.mktemp("labelled") / "labels"
+    relabel(METAWORLD_MINI, labels, partition_frames=60)
+    return labels
+
+
+def finalize_copy(labelled: Path, tmp_path: Path) -> tuple[Path, object]:
+    import shutil
+
+    labels = shutil.copytree(labelled, tmp_path / "labels")
+    version = version_dir(labels)
+    store = LabelsStore(str(labels)).version(version.name)
+    store.finalize(None)  # settles the copy (new file tokens)
+    return version, store
+
+
+def recut_parts(version: Path, cut: float) -> None:
+    """Rewrite every frames part as if an older finalize had cut it at `cut` (consistently)."""
+    for part in sorted((version / spec.FRAMES_DIR).glob("part-*.parquet")):
+        table = pq.read_table(part)
+        w = (table["advantage"].to_numpy() >= cut).astype(np.float32)
+        table = table.set_column(table.schema.get_field_index("w_top70"), spec.FRAMES.field("w_top70"), pa.array(w))
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, spec.TOP70_KEY: str(cut).encode()}), part)
+
+
+def test_stored_cuts_stay_within_the_tolerance_and_all_move_beyond_it(labelled_mini, tmp_path):
+    version, store = finalize_copy(labelled_mini, tmp_path)
+    current = assert_top70_as_recorded(version)["top70_threshold"]
+    from pipelines.weights import AdvantageHistogram
+
+    histogram = AdvantageHistogram()
+    histogram.add(read_frames_table(version)["advantage"].to_numpy())
+    # every part cut where 70.5 % of the frames stay: within 1 point, so no part is rewritten
+    near = histogram.cut_keeping(0.705)
+    assert near != current
+    recut_parts(version, near)
+    before = frames_parts(version)
+    result = store.finalize(None)
+    assert frames_parts(version) == before and result["frames_parts_rewritten"] == 0
+    assert all(recorded_cut(p) == near for p in before)
+    weights = assert_top70_as_recorded(version)
+    assert weights["top70_threshold"] == current and weights["part_cuts"] == {"min": near, "max": near, "distinct": 1}
+    # every part cut where 60 % stay: out of tolerance, every part gets the current cut
+    recut_parts(version, histogram.cut_keeping(0.6))
+    result = store.finalize(None)
+    assert result["frames_parts_rewritten"] == len(before)
+    assert all(recorded_cut(p) == current for p in before)
+    assert assert_top70_as_recorded(version)["part_cuts"]["distinct"] == 1
+
+
+def test_partitions_committed_before_summaries_are_read_once(labelled_mini, tmp_path):
+    version, store = finalize_copy(labelled_mini, tmp_path)
+    weights = (version / spec.WEIGHTS_FILE).read_bytes()
+    # as written before the histograms existed: no summary in the commit records, no index
+    for part in (version / spec.EPISODE_PARTS_DIR).glob("part-*.parquet"):
+        table = pq.read_table(part)
+        metadata = {k: v for k, v in table.schema.metadata.items() if k != spec.HISTOGRAM_KEY}
+        pq.write_table(table.replace_schema_metadata(metadata), part)
+    (version / spec.FINALIZE_INDEX).unlink()
+    before = frames_parts(version)
+    fresh = LabelsStore(str(version.parents[1])).version(version.name)
+    with files_opened_for_reading() as opened:
+        fresh.finalize(None)
+    assert frames_parts(version) == before  # same cut: nothing rewritten
+    assert (version / spec.WEIGHTS_FILE).read_bytes() == weights
+    assert sorted(p for p in opened if f"/{spec.FRAMES_DIR}/" in p) == sorted(str(p) for p in before)  # each once
+    for part in (version / spec.EPISODE_PARTS_DIR).glob("part-*.parquet"):  # the summary is noted
+        assert spec.HISTOGRAM_KEY in pq.read_schema(part).metadata
+    with files_opened_for_reading() as opened:
+        LabelsStore(str(version.parents[1])).version(version.name).finalize(None)
+    assert not [p for p in opened if f"/{spec.FRAMES_DIR}/" in p]
+
+
+def test_plan_cuts_rule():
+    from pipelines.labels_store import plan_cuts
+    from pipelines.weights import AdvantageHistogram
+
+    rng = np.random.default_rng(0)
+
+    def histogram(values):
+        h = AdvantageHistogram()
+        h.add(values)
+        return h
+
+    old = [histogram(rng.normal(0.05, 0.1, 10_000).clip(-1, 1)) for _ in range(9)]
+    total = AdvantageHistogram()
+    for h in old:
+        total.merge(h)
+    old_cut = total.cut_keeping(0.7)
+    # a little new data, a little shifted: the old parts keep their cut, the new one takes c*
+    new = histogram(rng.normal(0.08, 0.1, 1_000).clip(-1, 1))
+    parts = {f"old{i}": (h, old_cut) for i, h in enumerate(old)} | {"new": (new, None)}
+    cut, assigned, kept, recut = plan_cuts(parts)
+    assert cut != old_cut and not recut
+    assert assigned == {f"old{i}": old_cut for i in range(9)} | {"new": cut}
+    assert abs(kept - 0.7) <= 0.01
+    # as much new data again, much better: the stored cuts would keep too few, everything re-cuts
+    new = histogram(rng.normal(0.3, 0.1, 90_000).clip(-1, 1))
+    cut, assigned, kept, recut = plan_cuts({f"old{i}": (h, old_cut) for i, h in enumerate(old)} | {"new": (new, None)})
+    assert recut and set(assigned.values()) == {cut} and abs(kept - 0.7) <= 0.01
+    # frames tied at the cut: what the cut itself keeps widens the band, so no endless re-cutting
+    tied = histogram(np.concatenate([np.zeros(5_000), rng.uniform(-0.5, -0.1, 2_000), rng.uniform(0.1, 0.5, 3_000)]))
+    cut, assigned, kept, recut = plan_cuts({"a": (tied, 0.0)})
+    assert cut == 0.0 and kept == 0.8 and not recut and assigned == {"a": 0.0}
+
+
+def test_partition_histograms_add_up_and_count_what_the_cut_keeps():
+    from pipelines.weights import AdvantageHistogram, top_weights
+
+    rng = np.random.default_rng(1)
+    edges = AdvantageHistogram.EDGES[:-1].astype(np.float32)  # float32 values on and beside every bin edge
+    advantage = np.concatenate([edges, np.nextafter(edges, np.float32(1)), np.nextafter(edges, np.float32(-1)).clip(-1, 1),
+                                rng.normal(0.05, 0.2, 50_000).clip(-1, 1).astype(np.float32)])  # fmt: skip
+    whole, parts = AdvantageHistogram(), AdvantageHistogram()
+    whole.add(advantage)
+    for piece in np.array_split(rng.permutation(advantage), 7):  # summaries, as the commit records hold them
+        part = AdvantageHistogram()
+        part.add(piece)
+        parts.merge(AdvantageHistogram.from_summary(json.loads(json.dumps(part.summary()))))
+    np.testing.assert_array_equal(parts.counts, whole.counts)
+    for cut in [*AdvantageHistogram.EDGES[::97], whole.cut_keeping(0.7)]:
+        assert whole.count_at_or_above(cut) == int(top_weights(advantage, cut).sum()), cut
+    with pytest.raises(ValueError):
+        AdvantageHistogram.from_summary({**whole.summary(), "bins": 1000})

@@ -25,7 +25,7 @@ from pipelines.sources import SourceEpisode, open_source
 from pipelines.stages.base import Stage
 from pipelines.stages.ingest import failure_row
 from pipelines.store import utcnow
-from pipelines.weights import awr_weights, binary_weights, chunk_advantage, episode_summary
+from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from pipelines.windows import EpisodeChain, label_episodes
 from schemas import labels as spec
 from schemas.validate import conform
@@ -159,7 +159,8 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
                         "progress": values,
                         "advantage": advantage,
                         "w_binary": binary_weights(advantage),
-                        # provisional: `finalize` applies the dataset-level cut after the run
+                        # provisional: set below to the partition's own cut, then `finalize`
+                        # applies the dataset-level cut after the run
                         "w_top70": binary_weights(advantage),
                         "w_awr": awr_weights(advantage),
                         **stamp_columns,
@@ -204,8 +205,23 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
             labels = self._labels
             cameras = sorted({by_id[c.key].camera for c in chains})
             labels.write_progress(f"{task.partition_id}/{self.run_id}", task.rows, progress, attrs={"camera": ", ".join(cameras)})
-            labels.write_part(spec.FRAMES_DIR, task.partition_id, conform(pa.concat_tables(frames), spec.FRAMES, "frames"))
+            frames_table = conform(pa.concat_tables(frames), spec.FRAMES, "frames")
+            # The partition's advantage histogram goes into its commit record (finalize sums them
+            # into the dataset-level cut); until finalize runs, w_top70 is the partition-local
+            # top-70 % cut, recorded and marked provisional.
+            advantage = frames_table.column("advantage").to_numpy()
+            histogram = AdvantageHistogram()
+            histogram.add(advantage)
+            local_cut = histogram.cut_keeping(spec.TOP_FRACTION)
+            w_top70 = pa.array(top_weights(advantage, local_cut), pa.float32())
+            frames_table = frames_table.set_column(frames_table.schema.get_field_index("w_top70"), spec.FRAMES.field("w_top70"), w_top70)
+            labels.write_part(
+                spec.FRAMES_DIR,
+                task.partition_id,
+                frames_table,
+                metadata={spec.TOP70_KEY: str(local_cut).encode(), spec.TOP70_PROVISIONAL_KEY: b"1"},
+            )
             if sidecar:
                 labels.write_part(spec.SIDECAR_PARTS_DIR, task.partition_id, conform(pa.concat_tables(sidecar), spec.SIDECAR, "sidecar"))
-            labels.commit(task.partition_id, pa.Table.from_pylist(episodes))
+            labels.commit(task.partition_id, pa.Table.from_pylist(episodes), histogram)
         return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), len(chains), failures)

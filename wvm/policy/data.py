@@ -194,9 +194,10 @@ def read_wvm_frames(labels_dir: str, model_key: str) -> pd.DataFrame:
 
 
 def control_frames(progress: dict[int, np.ndarray], horizon: int) -> pd.DataFrame:
-    """Frame labels of a control source, made exactly as the pipeline makes them from the value
+    """Frame labels of a control source, made as the pipeline makes them from the value
     model's progress (pipelines/stages/relabel.py, pipelines/labels_store.py): chunk advantage,
-    binary and AWR weights per episode, the top-70 % cut over every frame of the dataset."""
+    binary and AWR weights per episode, one top-70 % cut over every frame of the dataset (the
+    pipeline may hold per-part cuts within 1 point of it: schemas/labels.py)."""
     rows, histogram = [], AdvantageHistogram()
     for index, values in sorted(progress.items()):
         advantage = chunk_advantage(values, horizon)
