@@ -201,10 +201,12 @@ def test_wvm_serve_listens_where_it_says_and_dies_with_kill_9(tmp_path):
     ports = [free_port() for _ in range(3)]
     cmd = [sys.executable, "-m", "wvm.cli", "serve", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
     serve = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    spawned = [psutil.Process(serve.pid)]  # only what this test started is cleaned up (not session fixtures)
     try:
         ready = json.loads(serve.stdout.readline())
         assert ready["ready"] and ready["grpc"] == f"127.0.0.1:{ports[1]}"
-        (triton,) = [p for p in psutil.Process(serve.pid).children() if "tritonserver" in p.name()]
+        (triton,) = [p for p in spawned[0].children() if "tritonserver" in p.name()]
+        spawned += [triton, *triton.children(recursive=True)]
         listening = {c.laddr.port: c.laddr.ip.removeprefix("::ffff:") for c in triton.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
         assert {listening.get(p) for p in ports} == {"127.0.0.1"}, listening  # not 0.0.0.0
         os.kill(serve.pid, signal.SIGKILL)
@@ -212,5 +214,8 @@ def test_wvm_serve_listens_where_it_says_and_dies_with_kill_9(tmp_path):
         gone, _ = psutil.wait_procs([triton], timeout=60)
         assert gone, "tritonserver outlived a kill -9 of wvm serve"
     finally:
-        for process in psutil.Process().children(recursive=True):
-            process.kill()
+        for process in spawned:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
