@@ -84,10 +84,13 @@ def plan_partitions(
             by_block.setdefault(block, []).append(episode)
         blocks = list(by_block.values())
     else:
+        frames = 0
         for episode in episodes:
-            if not blocks or sum(e.length for e in blocks[-1]) + episode.length > partition_frames:
+            if not blocks or frames + episode.length > partition_frames:
                 blocks.append([])
+                frames = 0
             blocks[-1].append(episode)
+            frames += episode.length
     partitions, already = [], 0
     for block in blocks:
         todo = [e for e in block if not done(e)]

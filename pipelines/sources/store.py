@@ -29,7 +29,12 @@ class StoreSource(Source):
         self.url, self.uri = url, fsx.canonical_uri(url)
         self.version = str(layout.STORE_SCHEMA_VERSION)
         self._rows = self.store.episodes().to_pylist()
+        # a partition's arrays hold exactly its committed episodes, back to back: their extent
+        # is its row count, known from the manifest without opening any array
         self._partition_rows: dict[str, int] = {}
+        for r in self._rows:
+            end = int(r["offset"]) + int(r["length"])
+            self._partition_rows[r["partition_path"]] = max(self._partition_rows.get(r["partition_path"], 0), end)
         # dataset-wide values are those of the first episode; per-episode ones come from context()
         first = self._rows[0] if self._rows else {"fps": 0.0, "embodiment": "unknown", "cameras": []}
         self.fps, self.embodiment, self.cameras = float(first["fps"]), first["embodiment"], list(first["cameras"])
@@ -56,8 +61,6 @@ class StoreSource(Source):
 
     def row_layout(self, episode: SourceEpisode) -> tuple[str, int, int]:
         row = episode.locator
-        if row["partition_path"] not in self._partition_rows:
-            self._partition_rows[row["partition_path"]] = self.store.partition_rows(row)
         return row["partition_path"], int(row["offset"]), self._partition_rows[row["partition_path"]]
 
     def read_frames(self, episode: SourceEpisode) -> EpisodeFrames:
