@@ -7,6 +7,7 @@ them identically; anything else is a crash and is left to the engine's own retry
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -27,20 +28,49 @@ class Outcome:
     error: WvmError | None = None
 
 
-def run_item(stage: Stage, item: Any) -> Outcome:
+ATTEMPTS = 3  # a crashing item is tried this often in its worker before it is a PartitionFailed
+log = logging.getLogger("wvm.engine")
+
+
+def _live(stage: Stage) -> Stage:
     live = _LIVE_STAGES.get(stage)
     if live is None:
         stage.setup()
         live = _LIVE_STAGES[stage] = stage
         while len(_LIVE_STAGES) > _MAX_LIVE_STAGES:
-            _LIVE_STAGES.popitem(last=False)
+            _LIVE_STAGES.popitem(last=False)[1].close()
     else:
         _LIVE_STAGES.move_to_end(stage)
-    key = live.item_key(item)
-    try:
-        return Outcome(key, value=live.process(item))
-    except WvmError as error:
-        return Outcome(key, error=error)
+    return live
+
+
+def close_live_stages() -> None:
+    """Close every stage set up in this process (the local engine's, or in-process runners')."""
+    while _LIVE_STAGES:
+        _LIVE_STAGES.popitem(last=False)[1].close()
+
+
+def run_item(stage: Stage, item: Any, attempts: int = ATTEMPTS) -> Outcome:
+    """One item on a set-up stage, the same on every engine: a data error (WvmError) comes back
+    as the item's error; a crash is retried on a freshly set-up stage and, after `attempts`,
+    comes back as PartitionFailed, so no engine aborts a whole run for one item. An engine's own
+    retries are left for what this cannot catch (a worker process that died)."""
+    key = stage.item_key(item)
+    crash: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        live = _live(stage)  # a set-up error is the run's, not the item's: it propagates
+        try:
+            return Outcome(key, value=live.process(item))
+        except WvmError as error:
+            return Outcome(key, error=error)
+        except Exception as exc:  # noqa: BLE001 - any crash of stage code is reported per item
+            crash = exc
+            log.warning("%s %s: attempt %d/%d crashed: %s: %s", stage.name, key, attempt, attempts, type(exc).__name__, exc)
+            log.debug("traceback", exc_info=True)
+            # the crashed instance may hold broken state: drop it, the next attempt sets up anew
+            if _LIVE_STAGES.pop(stage, None) is not None:
+                live.close()
+    return Outcome(key, error=PartitionFailed(f"{type(crash).__name__}: {crash}", key=key))
 
 
 class Engine(ABC):
@@ -65,7 +95,7 @@ class Engine(ABC):
                 raise outcome.error
 
     def close(self) -> None:
-        pass
+        close_live_stages()
 
     def __enter__(self):
         return self

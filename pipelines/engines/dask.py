@@ -43,7 +43,7 @@ class DaskEngine(Engine):
         key_of = {k: stage.item_key(item) for k, item in zip(keys, items)}
         try:
             for future in as_completed(futures):
-                if future.status == "error":  # crashed on every retry
+                if future.status == "error":  # its worker died on every retry (crashes come back as outcomes)
                     yield Outcome(key_of[future.key], error=PartitionFailed(repr(future.exception()), key=key_of[future.key]))
                 else:
                     yield future.result()
@@ -51,6 +51,7 @@ class DaskEngine(Engine):
             self.client.cancel(futures)
 
     def close(self) -> None:
+        super().close()
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()

@@ -23,10 +23,14 @@ RETRIES = 2
     task_run_name="{stage.name}-{key}",
     retries=RETRIES,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    # Data errors come back as values (run_item); only crashes fail the task and are retried.
+    # Data errors come back as values; a crash fails the task run, so Prefect's own retries
+    # (with backoff, shown in its UI) replace run_item's in-process attempts.
 )
 def run_partition(stage: Stage, item: Any, key: str) -> Outcome:
-    return run_item(stage, item)
+    outcome = run_item(stage, item, attempts=1)
+    if isinstance(outcome.error, PartitionFailed):
+        raise outcome.error
+    return outcome
 
 
 class PrefectEngine(Engine):
@@ -38,6 +42,8 @@ class PrefectEngine(Engine):
             result = future.result(raise_on_failure=False)  # waits; the exception if it failed
             if isinstance(result, Outcome):
                 yield result
+            elif isinstance(result, PartitionFailed):
+                yield Outcome(result.key, error=result)
             else:
                 key = futures[future]
                 yield Outcome(key, error=PartitionFailed(f"{type(result).__name__}: {result}", key=key))

@@ -22,6 +22,10 @@ class Stage(ABC, Generic[In, Out]):
     def process(self, item: In) -> Out:
         """Handle one item and return its result. Results must be picklable."""
 
+    def close(self) -> None:
+        """Release what `setup` acquired (model clients, open files). Engines call it when they
+        drop a set-up stage; a stage must not be used after it."""
+
     def item_key(self, item: In) -> str:
         """A short stable name of an item, for logs and result files."""
         return str(item)

@@ -92,6 +92,10 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
                 f"({info['model_version']}@{info['checkpoint_hash']})"
             )
 
+    def close(self) -> None:
+        if hasattr(self, "_handler"):
+            self._handler.close()
+
     def item_key(self, item: LabelTask) -> str:
         return item.partition_id
 
