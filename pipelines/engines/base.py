@@ -1,8 +1,9 @@
 """Engines run a stage over items. They are thin: all behaviour lives in the stages.
 
 Every engine calls `run_item` on its workers, which keeps one set-up stage per worker and
-config, and hands expected data errors (WvmError) back as values so that all engines report
-them identically; anything else is a crash and is left to the engine's own retry logic.
+config, hands expected data errors (WvmError) back as values, and retries a crash on a fresh
+set-up before handing it back as PartitionFailed, so all engines report both identically
+(tests/test_engines.py). An engine's own retries only cover what a worker cannot report: its death.
 """
 
 from __future__ import annotations
