@@ -1,7 +1,8 @@
 """One engine contract: every engine gives the same per-item outcome for the same stage
 behaviour (a value, a data error, a crash that a retry cures, a crash that never stops), and
 drops set-up stages with close(). Real engines: in-process, a Dask LocalCluster of worker
-processes, Beam's in-process and multi-process runners."""
+processes, Beam's in-process runner (multi-process Beam, an external Dask cluster and Prefect
+are not in this suite yet)."""
 
 from __future__ import annotations
 
