@@ -23,7 +23,8 @@ from flows.runtime import Progress, dask_task_runner, exclusive, summary_artifac
 from pipelines import fs as fsx
 from pipelines.engines.prefect import PrefectEngine
 from pipelines.inference import ModelSpec
-from pipelines.ingest import IngestConfig, new_run_id, run_ingest
+from pipelines.driver import new_run_id
+from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.labels_store import LabelsStore
 from pipelines.relabel import RelabelConfig, run_relabel
 from pipelines.report import LabelsSource, build_report

@@ -4,15 +4,12 @@ of them on an engine, record failures. Reruns skip what is stored with the same 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
+from pipelines.driver import new_run_id, run_partitions
 from pipelines.engines.base import Engine
-from pipelines.errors import EpisodeError, PartitionFailed
 from pipelines.sources import Partition, open_source, plan_partitions
-from pipelines.stages.ingest import DecodeOptions, IngestPartition, failure_record, failure_row
+from pipelines.stages.ingest import DecodeOptions, IngestPartition
 from pipelines.store import EpisodeStore
 from schemas import episode_store as layout
 
@@ -52,10 +49,6 @@ class IngestSummary:
         return d
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
 def plan_ingest(config: IngestConfig) -> IngestPlan:
     """Partitions of the source episodes the store lacks (same id and fingerprint); see
     pipelines.sources.plan_partitions. The source is read and checked before the store exists."""
@@ -82,45 +75,20 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, o
         decode=config.decode,
         skip_bad_episodes=config.on_error == "skip",
     )
-    episodes = frames = 0
-    failures: list[dict] = []
-    total = sum(len(t.episodes) for t in plan.tasks)
-    by_id = {t.partition_id: t for t in plan.tasks}
-    skip = config.on_error == "skip"
-    with tqdm(total=total, desc=f"ingest ({engine.name})", unit="ep", disable=not progress) as bar:
-        try:
-            for result in engine.map(stage, plan.tasks, skip_failed=skip):
-                if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
-                    failures += [
-                        failure_record(e.source_uri, e.index, file=e.file, stage="ingest", error="PartitionFailed",
-                                       reason=result.reason, run_id=run_id)
-                        for e in by_id[result.key].episodes
-                    ]  # fmt: skip
-                    task = by_id[result.key]
-                else:
-                    episodes += result.episodes
-                    frames += result.frames
-                    failures.extend(result.failures)
-                    task = by_id[result.partition_id]
-                bar.update(len(task.episodes))
-                bar.set_postfix(frames=frames, failed=len(failures))
-                if on_progress:
-                    on_progress(bar.n, total)
-        except EpisodeError as error:
-            # on_error=fail: the failing partition is not committed, the others stay committed.
-            failures.append(failure_row(plan.source_uri, error, run_id))
-            store.update_failures(failures)
-            raise
-    store.update_failures(failures)
+    tally = run_partitions(
+        engine, stage, plan.tasks, source_uri=plan.source_uri, run_id=run_id, skip_failed=config.on_error == "skip",
+        save_failures=store.update_failures, desc=f"ingest ({engine.name})", progress=progress, on_progress=on_progress,
+    )  # fmt: skip
+    store.update_failures(tally.failures)
     return IngestSummary(
         run_id=run_id,
         source_episodes=plan.source_episodes,
         already_stored=plan.already_stored,
-        episodes_written=episodes,
-        frames_written=frames,
+        episodes_written=tally.counts["episodes"],
+        frames_written=tally.counts["frames"],
         partitions=len(plan.tasks),
-        failed=len(failures),
+        failed=len(tally.failures),
         seconds=round(time.monotonic() - started, 2),
-        failures=failures,
+        failures=tally.failures,
     )
 

@@ -7,16 +7,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
+from pipelines.driver import new_run_id, run_partitions
 from pipelines.engines.base import Engine
-from pipelines.errors import EpisodeError, PartitionFailed
+from pipelines.errors import EpisodeError
 from pipelines.inference import ModelSpec
-from pipelines.ingest import new_run_id
 from pipelines.labels_store import LabelsStore
 from pipelines.lease import OutputLease
 from pipelines.sources import Source, open_source, plan_partitions
-from pipelines.stages.ingest import failure_record, failure_row
 from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask
 from pipelines.store import utcnow
 from pipelines.version import code_version
@@ -151,34 +148,13 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
             batch_size=config.batch_size,
             skip_bad_episodes=config.on_error == "skip",
         )
-        episodes = frames = windows = 0
-        failures: list[dict] = []
-        total = sum(len(t.episodes) for t in plan.tasks)
         labelling_started = time.monotonic()
-        by_id = {t.partition_id: t for t in plan.tasks}
-        with tqdm(total=total, desc=f"relabel ({engine.name}, {config.model.backend})", unit="ep", disable=not progress) as bar:
-            try:
-                for result in engine.map(stage, plan.tasks, skip_failed=config.on_error == "skip"):
-                    if isinstance(result, PartitionFailed):  # crashed on every retry: record, go on
-                        failures += [
-                            failure_record(e.source_uri, e.episode_index, file=f"partition {result.key}", stage="relabel",
-                                           error="PartitionFailed", reason=result.reason, run_id=run_id)
-                            for e in by_id[result.key].episodes
-                        ]  # fmt: skip
-                        bar.update(len(by_id[result.key].episodes))
-                    else:
-                        episodes += result.episodes
-                        frames += result.frames
-                        windows += result.windows
-                        failures.extend(result.failures)
-                        bar.update(len(by_id[result.partition_id].episodes))
-                    bar.set_postfix(frames=frames, failed=len(failures))
-                    if on_progress:
-                        on_progress(bar.n, total)
-            except EpisodeError as error:
-                failures.append(failure_row(plan.source_uri, error, run_id))
-                labels.update_failures(failures, set())
-                raise
+        tally = run_partitions(
+            engine, stage, plan.tasks, source_uri=plan.source_uri, run_id=run_id, skip_failed=config.on_error == "skip",
+            save_failures=lambda rows: labels.update_failures(rows, set()), progress=progress, on_progress=on_progress,
+            desc=f"relabel ({engine.name}, {config.model.backend})",
+        )  # fmt: skip
+        episodes, frames, failures = tally.counts["episodes"], tally.counts["frames"], tally.failures
         labelling_seconds = time.monotonic() - labelling_started
         consolidated = labels.finalize(plan.current)
         labelled = set(labels.committed().column("episode_id").to_pylist())
@@ -192,7 +168,7 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
             already_labelled=plan.already_labelled,
             episodes_labelled=episodes,
             frames_labelled=frames,
-            windows=windows,
+            windows=tally.counts["windows"],
             failed=len(failures),
             seconds=round(time.monotonic() - started, 2),
             frames_per_second=round(frames / labelling_seconds, 1) if labelling_seconds > 0 and frames else 0.0,

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import METAWORLD_MINI, free_port, kill_midway_then_rerun
+from conftest import METAWORLD_MINI, copy_dataset, free_port, kill_midway_then_rerun, rewrite_episode_table
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import WvmError
 from pipelines.inference import ModelSpec
@@ -269,6 +269,38 @@ def test_destination_that_is_not_a_labels_directory(tmp_path):
     (tmp_path / "labels" / "notes.txt").write_text("mine")
     with pytest.raises(WvmError, match="not a wvm labels directory"):
         relabel(METAWORLD_MINI, tmp_path / "labels")
+
+
+def test_on_error_skip_labels_the_rest_and_records_the_bad_episode(metaworld_copy, tmp_path):
+    def shift(table):  # timestamps between two frames at 20 fps: a data error of episode 5 only
+        ts = table["timestamp"].to_numpy() + 0.013
+        return table.set_column(table.schema.get_field_index("timestamp"), "timestamp", pa.array(ts, pa.float32()))
+
+    pristine = copy_dataset(metaworld_copy, tmp_path / "pristine")
+    rewrite_episode_table(metaworld_copy, 5, shift)
+    labels = tmp_path / "labels"
+    with pytest.raises(WvmError, match=r"file-000\.mp4: episode 5: timestamps do not match the video"):
+        relabel(metaworld_copy, labels, partition_frames=150)
+    summary = relabel(metaworld_copy, labels, partition_frames=150, on_error="skip")
+    assert summary.failed == 1 and summary.already_labelled + summary.episodes_labelled == 17
+    (failure,) = LabelsStore(str(labels)).version(summary.model_key).failures().to_pylist()
+    assert failure["source_episode_index"] == 5 and failure["error"] == "EpisodeError"
+    assert failure["file"].endswith("file-000.mp4") and "timestamps do not match the video" in failure["reason"]
+    version = version_dir(labels)
+    episodes = pq.read_table(version / spec.EPISODES_FILE)
+    assert sorted(episodes.column("episode_index").to_pylist()) == [i for i in range(18) if i != 5]
+    sidecar = pq.read_table(version / spec.SIDECAR_FILE)
+    assert 5 not in set(sidecar.column("episode_index").to_pylist())
+    data = Path("data/chunk-000/file-000.parquet")
+    length_5 = pq.read_table(pristine / data).column("episode_index").to_pylist().count(5)
+    assert sidecar.num_rows == N_FRAMES - length_5 and length_5 > 0
+    # the episode repaired: the next run labels it and it leaves the dead-letter table (v3
+    # keeps many episodes per data file and fingerprints files, so its neighbours are redone too)
+    (metaworld_copy / data).write_bytes((pristine / data).read_bytes())
+    again = relabel(metaworld_copy, labels, partition_frames=150, on_error="skip")
+    assert again.failed == 0 and again.already_labelled + again.episodes_labelled == 18
+    assert LabelsStore(str(labels)).version(summary.model_key).failures().num_rows == 0
+    assert pq.read_table(version / spec.SIDECAR_FILE).num_rows == N_FRAMES
 
 
 # -- one writer per output (issue #14) ------------------------------------------------------

@@ -65,6 +65,10 @@ class Partition:
     def frames(self) -> int:
         return sum(e.length for e in self.episodes)
 
+    @property
+    def source_episodes(self) -> tuple[SourceEpisode, ...]:
+        return self.episodes
+
 
 def plan_partitions(
     episodes: list[SourceEpisode], done: Callable[[SourceEpisode], bool], partition_frames: int, source: Source | None = None

@@ -6,7 +6,14 @@ set-up instance per worker and config. They know nothing about Dask, Beam or Pre
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Generic, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from pipelines.errors import EpisodeError
+from pipelines.sources import SourceEpisode
+from pipelines.store import utcnow
+from schemas import episode_store as layout
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -29,3 +36,46 @@ class Stage(ABC, Generic[In, Out]):
     def item_key(self, item: In) -> str:
         """A short stable name of an item, for logs and result files."""
         return str(item)
+
+
+@dataclass
+class PartitionResult:
+    """What a partition stage wrote; engines and the driver add these up (integer fields)."""
+
+    partition_id: str
+    episodes: int
+    frames: int
+    failures: list[dict] = field(default_factory=list)  # dead-letter rows of skipped episodes
+
+
+class PartitionTask(Protocol):
+    """What the partition stages take: a unit of work and of commit."""
+
+    partition_id: str
+    episodes: Sequence  # what the stage reads, one per episode
+
+    @property
+    def source_episodes(self) -> Sequence[SourceEpisode]:
+        """The episodes as their source listed them (for dead-letter rows)."""
+
+
+def failure_record(source_uri: str, episode_index: int, *, file: str, stage: str, error: str, reason: str, run_id: str) -> dict:
+    """One row of a dead-letter table (schemas.episode_store.FAILURES)."""
+    return {
+        "episode_id": layout.episode_id(source_uri, episode_index),
+        "source_uri": source_uri,
+        "source_episode_index": episode_index,
+        "file": file,
+        "stage": stage,
+        "error": error,
+        "reason": reason,
+        "run_id": run_id,
+        "failed_at": utcnow(),
+    }
+
+
+def failure_row(source_uri: str, error: EpisodeError, run_id: str) -> dict:
+    """The dead-letter row of an episode's data error."""
+    return failure_record(
+        source_uri, error.episode, file=error.file, stage=error.stage, error=type(error).__name__, reason=error.reason, run_id=run_id
+    )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipelines.errors import EpisodeError
 from pipelines.sources import DEFAULT_TOLERANCE_S, Partition, Source, SourceEpisode, open_source
-from pipelines.stages.base import Stage
+from pipelines.stages.base import PartitionResult, Stage, failure_row
 from pipelines.store import EpisodeStore, utcnow
 from schemas import episode_store as layout
 
@@ -47,35 +47,6 @@ class DecodeOptions:
             return height, width
         scale = self.max_side / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-@dataclass
-class PartitionResult:
-    partition_id: str
-    episodes: int
-    frames: int
-    failures: list[dict] = field(default_factory=list)
-
-
-def failure_record(source_uri: str, episode_index: int, *, file: str, stage: str, error: str, reason: str, run_id: str) -> dict:
-    """One row of a dead-letter table (schemas.episode_store.FAILURES)."""
-    return {
-        "episode_id": layout.episode_id(source_uri, episode_index),
-        "source_uri": source_uri,
-        "source_episode_index": episode_index,
-        "file": file,
-        "stage": stage,
-        "error": error,
-        "reason": reason,
-        "run_id": run_id,
-        "failed_at": utcnow(),
-    }
-
-
-def failure_row(source_uri: str, error: EpisodeError, run_id: str) -> dict:
-    return failure_record(
-        source_uri, error.episode, file=error.file, stage=error.stage, error=type(error).__name__, reason=error.reason, run_id=run_id
-    )
 
 
 @dataclass(unsafe_hash=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,7 @@ from pipelines.errors import EpisodeError, WvmError
 from pipelines.inference import ModelSpec, ValueModelHandler
 from pipelines.labels_store import LabelsStore
 from pipelines.sources import SourceEpisode, open_source
-from pipelines.stages.base import Stage
-from pipelines.stages.ingest import failure_row
+from pipelines.stages.base import PartitionResult, Stage, failure_row
 from pipelines.store import utcnow
 from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from pipelines.windows import EpisodeChain, label_episodes
@@ -55,14 +54,14 @@ class LabelTask:
     rows: int  # length of the partition's progress array
     episodes: tuple[LabelEpisode, ...]
 
+    @property
+    def source_episodes(self) -> tuple[SourceEpisode, ...]:
+        return tuple(e.source for e in self.episodes)
+
 
 @dataclass
-class LabelResult:
-    partition_id: str
-    episodes: int
-    frames: int
-    windows: int  # model requests: one per episode since model v2
-    failures: list[dict] = field(default_factory=list)
+class LabelResult(PartitionResult):
+    windows: int = 0  # model requests: one per episode since model v2
 
 
 @dataclass(unsafe_hash=True)
@@ -228,4 +227,4 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
             if sidecar:
                 labels.write_part(spec.SIDECAR_PARTS_DIR, task.partition_id, conform(pa.concat_tables(sidecar), spec.SIDECAR, "sidecar"))
             labels.commit(task.partition_id, pa.Table.from_pylist(episodes), histogram)
-        return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), len(chains), failures)
+        return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), failures, windows=len(chains))
