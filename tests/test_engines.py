@@ -1,16 +1,23 @@
 """One engine contract: every engine gives the same per-item outcome for the same stage
 behaviour (a value, a data error, a crash that a retry cures, a crash that never stops), and
-drops set-up stages with close(). Real engines: in-process, a Dask LocalCluster of worker
-processes, Beam's in-process runner (multi-process Beam, an external Dask cluster and Prefect
-are not in this suite yet)."""
+drops set-up stages with close(). Real engines: in-process; Dask on a LocalCluster and on a
+separately started `dask scheduler` + `dask worker` processes; Beam in-process and multi-process.
+Prefect's task runner keeps its own retries (tests/test_flows.py). A worker process killed
+mid-item is survived by the engines that own their workers' lives (Dask)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 from pipelines.engines import base
 from pipelines.engines.base import LocalEngine, run_item
@@ -39,26 +46,77 @@ class Scripted(Stage):
                 raise OSError("transient")
         if item == "bad":
             raise EpisodeError("unreadable", file="f.parquet", episode=3)
+        if item == "die":  # the worker process is killed (OOM killer, preemption) the first time
+            first = Path(self.marks, "died")
+            if not first.exists():
+                first.touch()
+                os._exit(137)
         return item.upper()
 
 
-def _engine(name):
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def external_dask_cluster(workers: int = 2):
+    """`dask scheduler` and `dask worker` started as separate processes, as on a real cluster."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}  # workers unpickle Scripted
+    scheduler = subprocess.Popen([Path(sys.executable).with_name("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    address = f"tcp://127.0.0.1:{port}"
+    worker = subprocess.Popen([Path(sys.executable).with_name("dask"), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
+                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+        for process in (worker, scheduler):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def engine_named(name, monkeypatch):
     if name == "local":
-        return LocalEngine()
-    if name == "dask":
+        with LocalEngine() as engine:
+            yield engine
+    elif name == "dask":
         from pipelines.engines.dask import DaskEngine
 
-        return DaskEngine(workers=2)
-    from pipelines.engines.beam import BeamEngine
+        with DaskEngine(workers=2) as engine:
+            yield engine
+    elif name == "dask-external":
+        from pipelines.engines.dask import DaskEngine
 
-    return BeamEngine(workers=1)
+        with external_dask_cluster() as address, DaskEngine(address=address) as engine:
+            yield engine
+    else:
+        from pipelines.engines.beam import BeamEngine
+
+        # Beam's multi-process workers are fresh interpreters: they import Scripted by path
+        monkeypatch.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{REPO / 'tests'}")
+        with BeamEngine(workers=2 if name == "beam-multiprocess" else 1) as engine:
+            yield engine
 
 
-@pytest.mark.parametrize("engine_name", ["local", "dask", "beam"])
-def test_every_engine_gives_the_same_outcomes(engine_name, tmp_path):
+ENGINES = ["local", "dask", pytest.param("dask-external", marks=pytest.mark.slow), "beam",
+           pytest.param("beam-multiprocess", marks=pytest.mark.slow)]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_every_engine_gives_the_same_outcomes(engine_name, tmp_path, monkeypatch):
     stage = Scripted(str(tmp_path))
     items = ["a", "flaky", "bad", "crash", "b"]
-    with _engine(engine_name) as engine:
+    with engine_named(engine_name, monkeypatch) as engine:
         outcomes = {o.key: o for o in engine.outcomes(stage, items)}
         assert sorted(outcomes) == sorted(items)  # each item exactly once
         assert outcomes["a"].value == "A" and outcomes["b"].value == "B"
@@ -74,6 +132,19 @@ def test_every_engine_gives_the_same_outcomes(engine_name, tmp_path):
     # every crashed set-up was closed before it was set up anew (3 attempts per crash)
     closes = len((tmp_path / "closes").read_text().splitlines())
     assert closes >= 1 + 3 + 3  # flaky once, crash three times in outcomes and in map
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["dask", "dask-external"])
+def test_a_worker_killed_mid_item_is_survived(engine_name, tmp_path, monkeypatch):
+    # The process running "die" exits at once (as under the OOM killer): Dask's nanny starts a
+    # new worker and the scheduler reruns the item there; nothing is lost or duplicated.
+    with engine_named(engine_name, monkeypatch) as engine:
+        started = time.monotonic()
+        outcomes = {o.key: o for o in engine.outcomes(Scripted(str(tmp_path)), ["a", "die", "b", "c"])}
+        assert time.monotonic() - started < 120
+    assert {k: o.value for k, o in outcomes.items()} == {"a": "A", "die": "DIE", "b": "B", "c": "C"}
+    assert (tmp_path / "died").exists()
 
 
 def test_evicted_stages_are_closed(tmp_path):
