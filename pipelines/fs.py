@@ -47,6 +47,12 @@ def canonical_uri(url: str) -> str:
     return fs.unstrip_protocol(path).rstrip("/")
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (workers of a remote cluster run in another directory); URLs as given."""
+    fs, path = filesystem(url)
+    return path if _is_local(fs) else url
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 

@@ -4,8 +4,9 @@ of them on an engine, record failures. Reruns skip what is stored with the same 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from pipelines import fs as fsx
 from pipelines.driver import new_run_id, run_partitions
 from pipelines.engines.base import Engine
 from pipelines.sources import Partition, open_source, plan_partitions
@@ -66,6 +67,7 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, o
     """Ingest what the store lacks. `on_progress(done, total)` is called as partitions finish."""
     started = time.monotonic()
     run_id = new_run_id()
+    config = replace(config, source=fsx.absolute(config.source), store=fsx.absolute(config.store))
     plan = plan_ingest(config)
     store = EpisodeStore(config.store)
     stage = IngestPartition(

@@ -5,8 +5,9 @@ publish. Reruns skip what is labelled; new source episodes are labelled on the n
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from pipelines import fs as fsx
 from pipelines.driver import new_run_id, run_partitions
 from pipelines.engines.base import Engine
 from pipelines.errors import EpisodeError
@@ -115,6 +116,10 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
     """Label what this model version lacks. `on_progress(done, total)` is called as partitions finish."""
     started = time.monotonic()
     run_id = new_run_id()
+    model = config.model
+    if model.checkpoint:
+        model = replace(model, checkpoint=fsx.absolute(model.checkpoint))
+    config = replace(config, source=fsx.absolute(config.source), dst=fsx.absolute(config.dst), model=model)
     # Who answers decides where the labels go: ask the model before planning anything.
     with config.model.handler() as handler:
         version, checkpoint_hash = handler.version, handler.checkpoint_hash

@@ -3,6 +3,7 @@ real services (GCS emulator) started per session."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -153,3 +154,31 @@ def kill_midway_then_rerun(cmd: list[str], commits: Path, glob: str, at_least: i
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     return json.loads(rerun.stdout)
+
+
+@contextlib.contextmanager
+def external_dask_cluster(workers: int = 2, cwd: Path | None = None):
+    """`dask scheduler` and `dask worker` started as separate processes, as on a real cluster
+    (workers in `cwd`: another directory than the client's, as on another host)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}  # workers import the project and test stages
+    scheduler = subprocess.Popen([Path(sys.executable).with_name("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    address = f"tcp://127.0.0.1:{port}"
+    worker = subprocess.Popen([Path(sys.executable).with_name("dask"), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
+                               "--no-dashboard"], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+        for process in (worker, scheduler):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

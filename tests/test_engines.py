@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import ROOT, external_dask_cluster
 
 from pipelines.engines import base
 from pipelines.engines.base import LocalEngine, run_item
@@ -54,36 +52,6 @@ class Scripted(Stage):
         return item.upper()
 
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def external_dask_cluster(workers: int = 2):
-    """`dask scheduler` and `dask worker` started as separate processes, as on a real cluster."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}  # workers unpickle Scripted
-    scheduler = subprocess.Popen([Path(sys.executable).with_name("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                  "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    address = f"tcp://127.0.0.1:{port}"
-    worker = subprocess.Popen([Path(sys.executable).with_name("dask"), "worker", address, "--nworkers", str(workers), "--nthreads", "1",
-                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(workers, timeout=60)
-        yield address
-    finally:
-        for process in (worker, scheduler):
-            process.terminate()
-        for process in (worker, scheduler):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 @contextlib.contextmanager
 def engine_named(name, monkeypatch):
     if name == "local":
@@ -103,7 +71,7 @@ def engine_named(name, monkeypatch):
         from pipelines.engines.beam import BeamEngine
 
         # Beam's multi-process workers are fresh interpreters: they import Scripted by path
-        monkeypatch.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{REPO / 'tests'}")
+        monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
         with BeamEngine(workers=2 if name == "beam-multiprocess" else 1) as engine:
             yield engine
 
@@ -157,3 +125,22 @@ def test_evicted_stages_are_closed(tmp_path):
     assert closed == stages[:2]  # the two least recently used
     base.close_live_stages()
     assert all(Path(s.marks, "closes").read_text().count("\n") == 1 for s in stages)
+
+
+@pytest.mark.slow
+def test_a_cluster_whose_workers_all_left_fails_with_a_clear_error(tmp_path, monkeypatch):
+    from pipelines.engines.dask import DaskEngine, NoWorkers
+
+    @dataclass(frozen=True)
+    class Slow(Scripted):
+        def process(self, item: str) -> str:
+            time.sleep(30)
+            return item
+
+    with external_dask_cluster(workers=1) as address, DaskEngine(address=address, no_workers_timeout_s=3) as engine:
+        # the worker process goes away for good (no nanny on that host to restart it)
+        engine.client.run(lambda: os.kill(os.getppid(), 9))
+        started = time.monotonic()
+        with pytest.raises(NoWorkers, match=rf"Dask scheduler {address} has had no workers for 3 s; 2 scripted partition"):
+            list(engine.outcomes(Slow(str(tmp_path)), ["a", "b"]))
+        assert time.monotonic() - started < 60

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import METAWORLD_MINI, copy_dataset, free_port, kill_midway_then_rerun, rewrite_episode_table
+from conftest import METAWORLD_MINI, ROOT, copy_dataset, external_dask_cluster, free_port, kill_midway_then_rerun, rewrite_episode_table
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import WvmError
 from pipelines.inference import ModelSpec
@@ -187,6 +188,26 @@ def test_dask_and_beam_give_identical_labels(tmp_path):
     dask, beam = outputs(tmp_path / "dask"), outputs(tmp_path / "beam")
     assert len(dask["frames"]["progress"]) == N_FRAMES
     assert_same_outputs(dask, beam)
+
+
+@pytest.mark.slow
+def test_cli_on_a_separately_started_dask_cluster_with_relative_paths(tmp_path):
+    # The workers run in another directory (as on other hosts): relative paths given to the
+    # CLI must reach them as absolute ones.
+    (tmp_path / "client").mkdir(), (tmp_path / "workers").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with external_dask_cluster(workers=2, cwd=tmp_path / "workers") as address:
+        def wvm(*args):
+            done = subprocess.run([sys.executable, "-m", "wvm.cli", *args, "--scheduler", address], cwd=tmp_path / "client",
+                                  env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        ingested = wvm("ingest", str(METAWORLD_MINI), "--out", "store", "--partition-frames", "150")
+        labelled = wvm("relabel", "store", "--out", "labels", "--partition-frames", "150")
+    assert ingested["episodes_written"] == 18 and labelled["episodes_labelled"] == 18 and labelled["failed"] == 0
+    assert not list((tmp_path / "workers").iterdir())  # nothing landed where the workers run
+    assert pq.read_table(tmp_path / "client" / "labels" / spec.SIDECAR_FILE).num_rows == N_FRAMES
 
 
 @pytest.mark.slow
