@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, replace
 from pipelines import fs as fsx
 from pipelines.driver import new_run_id, run_partitions
 from pipelines.engines.base import Engine
-from pipelines.sources import Partition, open_source, plan_partitions
+from pipelines.lease import OutputLease
+from pipelines.sources import Partition, Source, SourceEpisode, open_source, plan_partitions
 from pipelines.stages.ingest import DecodeOptions, IngestPartition
 from pipelines.store import EpisodeStore
 from schemas import episode_store as layout
@@ -50,12 +51,18 @@ class IngestSummary:
         return d
 
 
-def plan_ingest(config: IngestConfig) -> IngestPlan:
-    """Partitions of the source episodes the store lacks (same id and fingerprint); see
-    pipelines.sources.plan_partitions. The source is read and checked before the store exists."""
+def open_checked_source(config: IngestConfig) -> tuple[Source, list[SourceEpisode]]:
+    """The source and its episodes, checked before anything is written (bad metadata or an
+    unknown camera fail here)."""
     source = open_source(config.source)
-    config.decode.select_cameras(source)  # fail before any work on an unknown camera
-    episodes = source.episodes(decode_options=config.decode.fingerprint_part())  # bad metadata: fail before writing
+    config.decode.select_cameras(source)
+    return source, source.episodes(decode_options=config.decode.fingerprint_part())
+
+
+def plan_ingest(config: IngestConfig, checked: tuple[Source, list[SourceEpisode]] | None = None) -> IngestPlan:
+    """Partitions of the source episodes the store lacks (same id and fingerprint); see
+    pipelines.sources.plan_partitions. Creates the store if needed."""
+    source, episodes = checked or open_checked_source(config)
     store = EpisodeStore(config.store, create=True)
     stored = store.episodes()
     have = set(zip(stored.column("episode_id").to_pylist(), stored.column("fingerprint").to_pylist()))
@@ -68,20 +75,24 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, o
     started = time.monotonic()
     run_id = new_run_id()
     config = replace(config, source=fsx.absolute(config.source), store=fsx.absolute(config.store))
-    plan = plan_ingest(config)
-    store = EpisodeStore(config.store)
-    stage = IngestPartition(
-        source_url=config.source,
-        store_url=config.store,
-        run_id=run_id,
-        decode=config.decode,
-        skip_bad_episodes=config.on_error == "skip",
-    )
-    tally = run_partitions(
-        engine, stage, plan.tasks, source_uri=plan.source_uri, run_id=run_id, skip_failed=config.on_error == "skip",
-        save_failures=store.update_failures, desc=f"ingest ({engine.name})", progress=progress, on_progress=on_progress,
-    )  # fmt: skip
-    store.update_failures(tally.failures)
+    checked = open_checked_source(config)  # a bad source fails here, before the store exists
+    # one writer per store: a second ingest into it gets a clear OutputBusy (pipelines.lease)
+    with OutputLease(config.store, "ingest"):
+        plan = plan_ingest(config, checked)
+        store = EpisodeStore(config.store)
+        stage = IngestPartition(
+            source_url=config.source,
+            store_url=config.store,
+            run_id=run_id,
+            decode=config.decode,
+            skip_bad_episodes=config.on_error == "skip",
+        )
+        tally = run_partitions(
+            engine, stage, plan.tasks, source_uri=plan.source_uri, run_id=run_id, skip_failed=config.on_error == "skip",
+            save_failures=store.update_failures, desc=f"ingest ({engine.name})", progress=progress, on_progress=on_progress,
+        )  # fmt: skip
+        store.update_failures(tally.failures)
+        store.sweep_uncommitted([t.partition_id for t in plan.tasks])
     return IngestSummary(
         run_id=run_id,
         source_episodes=plan.source_episodes,
@@ -93,4 +104,3 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, o
         seconds=round(time.monotonic() - started, 2),
         failures=tally.failures,
     )
-

@@ -42,18 +42,23 @@ def holds_data(fs, root: str) -> bool:
 _held = threading.local()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _dead_here(holder: dict) -> bool:
     """The holder ran on this machine and its process is gone (killed): no need to wait out
     its lease. Holders on other machines are only judged by their expiry."""
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return not process_alive(holder["pid"])
 
 
 class OutputLease:

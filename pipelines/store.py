@@ -153,6 +153,30 @@ class EpisodeStore:
         table = conform(pa.Table.from_pylist(rows), layout.MANIFEST, f"manifest of partition {partition_id}")
         fsx.write_parquet_atomic(self.fs, self._path(layout.MANIFEST_DIR, f"{partition_id}.parquet"), table)
 
+    def sweep_uncommitted(self, touched: list[str]) -> int:
+        """Delete attempt directories no committed manifest points to, and return how many:
+        whole partitions without a manifest (left by a failed or killed run), and replaced
+        attempts inside the partitions this run `touched`. Two listings and one small read per
+        touched partition, so the cost follows new work. Call it holding the store's lease, so
+        that no attempt is being written."""
+        def listing(directory: str) -> dict[str, dict]:
+            try:
+                return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in self.fs.ls(self._path(directory), detail=True)}
+            except FileNotFoundError:
+                return {}
+
+        committed = {name.removesuffix(".parquet") for name in listing(layout.MANIFEST_DIR)}
+        doomed = [e["name"] for pid, e in listing(layout.PARTITIONS_DIR).items() if e["type"] == "directory" and pid not in committed]
+        for partition_id in set(touched) & committed:
+            manifest = self._path(layout.MANIFEST_DIR, f"{partition_id}.parquet")
+            keep = set(fsx.read_parquet(self.fs, manifest, columns=["partition_path"]).column("partition_path").to_pylist())
+            for name, entry in listing(f"{layout.PARTITIONS_DIR}/{partition_id}").items():
+                if entry["type"] == "directory" and f"{layout.PARTITIONS_DIR}/{partition_id}/{name}" not in keep:
+                    doomed.append(entry["name"])
+        for path in doomed:
+            self.fs.rm(path, recursive=True)
+        return len(doomed)
+
     # -- dead-letter table -------------------------------------------------------------------
 
     def failures(self) -> pa.Table:

@@ -144,3 +144,19 @@ def test_a_cluster_whose_workers_all_left_fails_with_a_clear_error(tmp_path, mon
         with pytest.raises(NoWorkers, match=rf"Dask scheduler {address} has had no workers for 3 s; 2 scripted partition"):
             list(engine.outcomes(Slow(str(tmp_path)), ["a", "b"]))
         assert time.monotonic() - started < 60
+
+
+def test_beam_sweeps_results_directories_of_dead_drivers(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipelines.engines.beam import BeamEngine
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's own temporary directory
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    (tmp_path / f"wvm-beam-{dead}-abc").mkdir()  # what a driver killed with -9 leaves
+    (tmp_path / f"wvm-beam-{os.getpid()}-live").mkdir()  # a live driver's (this process)
+    with BeamEngine(workers=1) as engine:
+        assert [o.value for o in engine.outcomes(Scripted(str(tmp_path)), ["a"])] == ["A"]
+    assert sorted(p.name for p in tmp_path.glob("wvm-beam-*")) == [f"wvm-beam-{os.getpid()}-live"]

@@ -437,3 +437,43 @@ def test_an_absurd_claimed_length_fails_only_its_episode(metaworld_copy, tmp_pat
     summary = ingest(metaworld_copy, tmp_path / "store", on_error="skip", partition_frames=150)
     assert summary.failed == 1
     _only_episode_failed(tmp_path / "store", 3, "episode metadata says length 1000000000000", total=18)
+
+
+def test_one_ingest_per_store_at_a_time(tmp_path):
+    import time
+
+    from pipelines.lease import LEASE_FILE, OutputBusy
+
+    store = tmp_path / "store"
+    ingest(METAWORLD_MINI, store, partition_frames=150)
+    assert not (store / LEASE_FILE).exists()  # released after the run
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    (store / LEASE_FILE).write_text(json.dumps({"host": "other-host", "pid": 4242, "purpose": "ingest", "expires_at": time.time() + 60}))
+    with pytest.raises(OutputBusy, match=r"another wvm ingest is writing here \(host other-host, pid 4242\)"):
+        ingest(METAWORLD_MINI, store, partition_frames=60)
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and p.name != LEASE_FILE} == before
+    (store / LEASE_FILE).write_text(json.dumps({"host": "other-host", "pid": 4242, "expires_at": time.time() - 1}))
+    assert ingest(METAWORLD_MINI, store, partition_frames=60).already_stored == 18  # expired: taken over
+
+
+def test_a_source_that_is_not_a_dataset_leaves_no_store(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError):
+        ingest(tmp_path / "empty", tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_attempts_left_by_a_failed_run_are_swept_by_the_rerun(g1_small, tmp_path):
+    video = g1_small / "videos/chunk-000/observation.images.cam_high/episode_000007.mp4"
+    saved = video.read_bytes()
+    video.unlink()
+    store = tmp_path / "store"
+    with pytest.raises(EpisodeError):
+        ingest(g1_small, store, partition_frames=48)
+    attempts = lambda: sorted(p.relative_to(store).as_posix() for p in (store / layout.PARTITIONS_DIR).glob("*/*") if p.is_dir())  # noqa: E731
+    left = attempts()
+    committed = set(EpisodeStore(str(store)).episodes().column("partition_path").to_pylist())
+    assert set(left) - committed  # the failed partition's attempt was left behind
+    video.write_bytes(saved)
+    ingest(g1_small, store, partition_frames=48)
+    assert attempts() == sorted(set(EpisodeStore(str(store)).episodes().column("partition_path").to_pylist()))

@@ -8,12 +8,14 @@ no way to hand values back to the driver), and the driver polls it for progress.
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -21,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import fs as fsx
 from pipelines.engines.base import Engine, Outcome, run_item
+from pipelines.lease import process_alive
 from pipelines.stages.base import Stage
 
 
@@ -34,6 +37,18 @@ class _StageFn(beam.DoFn):
         fs, root = fsx.filesystem(self.results_url)
         fsx.atomic_write_bytes(fs, f"{root}/{index:08d}.pkl", pickle.dumps(outcome))
         yield index
+
+
+_RESULTS_PREFIX = "wvm-beam-"
+
+
+def _sweep_dead_results() -> None:
+    """Remove results directories of drivers that are gone (killed mid-run, or stopped early
+    while their pipeline still ran); the pid in the name tells whose a directory is."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_RESULTS_PREFIX}*-*"):
+        pid = path.name[len(_RESULTS_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class BeamEngine(Engine):
@@ -63,7 +78,8 @@ class BeamEngine(Engine):
         if self.results_url:
             results = fsx.join(self.results_url, uuid.uuid4().hex)
         else:
-            local_tmp = tempfile.mkdtemp(prefix="wvm-beam-")
+            _sweep_dead_results()
+            local_tmp = tempfile.mkdtemp(prefix=f"{_RESULTS_PREFIX}{os.getpid()}-")
             results = local_tmp
         fs, root = fsx.filesystem(results)
         fs.makedirs(root, exist_ok=True)
