@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect_dask import DaskTaskRunner
 
 from pipelines.lease import OutputLease
+from pipelines.processes import reap_with_parent
 
 
 def dask_task_runner() -> DaskTaskRunner:
@@ -59,6 +60,9 @@ def local_prefect_server(timeout_s: int = 120):
 
     server = SubprocessASGIServer()
     server.start(timeout=timeout_s)
+    # Prefect starts the server without tying it to us: were this process killed with -9, it
+    # would stay up as an orphan holding its database. The watchdog ends it with us.
+    watchdog = reap_with_parent(server.server_process.pid)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
@@ -67,3 +71,5 @@ def local_prefect_server(timeout_s: int = 120):
             EventsWorker.drain_all()
     finally:
         server.stop()
+        watchdog.kill()  # SIGKILL: its trap must not fire at a pid that may be reused by now
+        watchdog.wait()

@@ -18,6 +18,7 @@ import uuid
 
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
+from pipelines.processes import process_alive
 
 LEASE_FILE = ".wvm-lease.json"
 LEASE_SECONDS = 120.0  # a dead holder blocks the output for at most this long
@@ -40,17 +41,6 @@ def holds_data(fs, root: str) -> bool:
 # Leases this thread holds: a flow that holds its output's lease may call the pipeline that
 # takes the same lease (re-entrant per thread; another thread of this process must wait).
 _held = threading.local()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process of this machine exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def _dead_here(holder: dict) -> bool:

@@ -156,3 +156,37 @@ def test_ingest_and_relabel_flows_on_an_open_x_embodiment_dataset(prefect_server
     assert ingest_flow(source=str(bridge), store=str(store))["already_stored"] == 50
     assert relabel_flow(source=str(store), dst=str(labels), triton_url=triton_server.grpc_url)["already_labelled"] == 50
     assert files(labels) == before
+
+
+def test_the_temporary_prefect_server_dies_with_a_killed_nightly(tmp_path):
+    # `wvm nightly` without PREFECT_API_URL starts its own Prefect server (flows.runtime); a
+    # kill -9 of the nightly must not leave that server running as an orphan.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT
+
+    script = "from flows.runtime import local_prefect_server\nimport time\nwith local_prefect_server() as url:\n    print(url, flush=True)\n    time.sleep(600)\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = child.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        assert urllib.request.urlopen(f"{url}/health", timeout=10).status == 200
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+            except OSError:
+                break  # the server is gone
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the Prefect server at {url} outlived its killed parent")
+    finally:
+        child.kill()

@@ -27,10 +27,15 @@ def _datagen(args: argparse.Namespace) -> dict:
             raise WvmError(f"unknown Meta-World task(s): {sorted(unknown)}")
         if reserved := set(tasks) & set(metaworld.RESERVED_TASKS):
             logging.warning("reserved task(s) %s: use them for evaluation only", sorted(reserved))
+    per_kind = {"expert": args.expert, "hesitation": args.hesitation, "retry": args.retry, "failed": args.failed}
+    if any(n < 0 for n in per_kind.values()) or not tasks or sum(per_kind.values()) == 0:
+        raise WvmError(f"nothing to render: {len(tasks)} task(s), episodes per task {per_kind}")
+    if os.path.lexists(args.out):  # a clear error instead of the writer's FileExistsError
+        raise WvmError(f"{args.out} already exists: datagen writes a new dataset, choose another --out")
     config = metaworld.DatagenConfig(
         out=args.out,
         tasks=tasks,
-        per_kind={"expert": args.expert, "hesitation": args.hesitation, "retry": args.retry, "failed": args.failed},
+        per_kind=per_kind,
         seed=args.seed,
         size=args.size,
         camera=args.camera,

@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import fs as fsx
 from pipelines.engines.base import Engine, Outcome, run_item
-from pipelines.lease import process_alive
+from pipelines.processes import process_alive
 from pipelines.stages.base import Stage
 
 

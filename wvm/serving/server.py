@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import WvmError
+from pipelines.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,6 @@ def _mapped_shm(pid: int) -> set[str]:
         return set()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the parent dies (even by kill -9)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class TritonServer:
     model_repository: Path = DEFAULT_REPOSITORY
@@ -241,7 +234,7 @@ class TritonServer:
             stdout=log_target,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         self.wait_ready()
         self._shm = _mapped_shm(self.process.pid)
