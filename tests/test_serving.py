@@ -137,21 +137,40 @@ def test_unreachable_server_is_a_clear_error():
     handler.close()
 
 
-def test_server_stopped_mid_run_client_retries_then_fails(shipped_checkpoint, tmp_path, windows):
+def test_frozen_then_stopped_server_client_fails_fast_then_retries_then_fails(shipped_checkpoint, tmp_path, windows):
+    import os
+    import signal
+
+    from wvm.serving.client import LIVENESS_PROBE_S
     from wvm.serving.server import TritonServer
 
     _, frames, texts, lengths = windows
     server = TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_file=tmp_path / "log")
     server.start()
     handler = TritonHandler(server.grpc_url, retries=3, backoff_s=0.2, timeout_s=5)
-    handler.load()
-    handler.run_batch(frames[:8], texts[:8], lengths[:8])
-    server.stop()
-    started = time.monotonic()
-    with pytest.raises(ServerUnavailable, match=r"unavailable after 4 attempts"):
+    try:
+        handler.load()
         handler.run_batch(frames[:8], texts[:8], lengths[:8])
-    assert time.monotonic() - started >= 0.2 + 0.4 + 0.8  # backed off between attempts
-    handler.close()
+        # frozen (SIGSTOP: as a deadlocked or swapping server): declared dead after one request
+        # timeout and one liveness probe, not after every retry's timeout
+        os.kill(server.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(ServerUnavailable, match=r"is not answering: a request timed out after 5 s"):
+                handler.run_batch(frames[:8], texts[:8], lengths[:8])
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert time.monotonic() - started < 5 + LIVENESS_PROBE_S + 5
+        handler.run_batch(frames[:8], texts[:8], lengths[:8])  # thawed: serves again
+        # stopped: retried with back-off, then a clear error
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable, match=r"unavailable after 4 attempts"):
+            handler.run_batch(frames[:8], texts[:8], lengths[:8])
+        assert time.monotonic() - started >= 0.2 + 0.4 + 0.8  # backed off between attempts
+    finally:
+        handler.close()
+        server.stop()
 
 
 def test_stub_environment_is_per_installation_and_built_once_when_raced(tmp_path, monkeypatch):

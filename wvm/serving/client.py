@@ -27,6 +27,8 @@ from wvm.handlers import ValueModelHandler
 log = logging.getLogger(__name__)
 
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
+TIMED_OUT = "StatusCode.DEADLINE_EXCEEDED"
+LIVENESS_PROBE_S = 5.0  # a live server answers this at once, however busy its model is
 
 
 class ServerUnavailable(WvmError):
@@ -154,6 +156,13 @@ class TritonHandler(ValueModelHandler):
             except InferenceServerException as exc:
                 if str(exc.status()) not in RETRYABLE:
                     raise ServerRejected(f"Triton {self.url} rejected a request: {exc.message()}") from None
+                if str(exc.status()) == TIMED_OUT and not await self._answers_liveness_probe():
+                    # Frozen (stopped, deadlocked, swapping): retrying would wait out every
+                    # attempt's timeout. A merely busy server still answers the probe.
+                    raise ServerUnavailable(
+                        f"Triton at {self.url} is not answering: a request timed out after {self.timeout_s:g} s and the "
+                        f"server did not answer a liveness probe within {LIVENESS_PROBE_S:g} s"
+                    ) from None
                 if attempt == self.retries:
                     raise ServerUnavailable(
                         f"Triton at {self.url} unavailable after {self.retries + 1} attempts: {exc.message() or exc.status()}"
@@ -163,6 +172,12 @@ class TritonHandler(ValueModelHandler):
                 delay = min(delay * 2, 30.0)
         self._check_version({v.decode() for v in result.as_numpy(contract.MODEL_VERSION).reshape(-1)})
         return result.as_numpy(contract.VALUES).astype(np.float32), result.as_numpy(contract.OOD).reshape(-1).astype(np.float32)
+
+    async def _answers_liveness_probe(self) -> bool:
+        try:
+            return bool(await self._client.is_server_live(client_timeout=LIVENESS_PROBE_S))
+        except InferenceServerException:
+            return False
 
     def _check_version(self, answers: set[str]) -> None:
         if len(answers) != 1:
