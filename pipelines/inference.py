@@ -1,7 +1,7 @@
 """Which model answers a relabel, and the narrow interface pipelines need from it.
 
-`ValueModelHandler` is everything the relabel stage uses of a model: load it, read its version,
-checkpoint hash and request geometry, run a batch of episode requests (schemas/inference.py),
+`ValueModelHandler` is everything the relabel stage uses of a model: learn its identity, load it,
+read its version, checkpoint hash and request geometry, run a batch of episode requests (schemas/inference.py),
 close it. The model package (wvm) provides the handlers; pipelines never import it. Instead
 `HANDLERS` names each backend's handler class by import path and `ModelSpec.handler()` imports
 it when a run starts. That registry is the one place where pipelines point at the model
@@ -35,6 +35,11 @@ class ValueModelHandler(Protocol):
 
     def load(self) -> None:
         """Acquire the model (load weights, or connect and check the server)."""
+        ...
+
+    def identity(self) -> tuple[str, str]:
+        """(version, checkpoint hash) of the model that would answer, without loading it where
+        the backend allows (a run's driver needs only this; its workers load the model)."""
         ...
 
     def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -121,8 +121,7 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
         model = replace(model, checkpoint=fsx.absolute(model.checkpoint))
     config = replace(config, source=fsx.absolute(config.source), dst=fsx.absolute(config.dst), model=model)
     # Who answers decides where the labels go: ask the model before planning anything.
-    with config.model.handler() as handler:
-        version, checkpoint_hash = handler.version, handler.checkpoint_hash
+    version, checkpoint_hash = config.model.handler().identity()
     key = spec.model_key(version, checkpoint_hash)
     source = open_source(config.source)  # a bad source fails here, before the output exists
     episodes = source.episodes()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines.weights import expert_voc, spearman
-from wvm.checkpoint import CheckpointError, load_model, save_model
+from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
 from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates
 
@@ -148,6 +148,7 @@ def test_checkpoint_round_trip(tmp_path):
     digest = save_model(tmp_path / "ckpt", model, model.config)
     loaded = load_model(tmp_path / "ckpt")
     assert loaded.version == "test-1" and loaded.checkpoint_hash == digest
+    assert checkpoint_identity(tmp_path / "ckpt") == ("test-1", digest)  # without loading the weights
     frames = torch.randint(0, 256, (2, model.config.samples_per_episode, 64, 64, 3), dtype=torch.uint8)
     text, lengths = torch.randn(2, 384), torch.tensor([24, 9])
     assert torch.equal(loaded.model.predict(frames, text, lengths), model.predict(frames, text, lengths))
@@ -160,11 +161,13 @@ def test_checkpoint_that_does_not_match_its_config(tmp_path):
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     config["video_width"] = 48
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"weights do not match config\.json .*shape mismatch"):
-        load_model(tmp_path / "ckpt")
+    for read in (load_model, checkpoint_identity):  # the driver's cheap check refuses it too
+        with pytest.raises(CheckpointError, match=r"weights do not match config\.json .*shape mismatch"):
+            read(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-        load_model(tmp_path / "ckpt")
+    for read in (load_model, checkpoint_identity):
+        with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+            read(tmp_path / "ckpt")
 
 
 # -- metrics (REFERENCE §2) -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pipelines.errors import WvmError
@@ -62,29 +63,22 @@ def save_model(directory: str | Path, model: torch.nn.Module, config: WVMConfig)
     return file_hash(directory / MODEL_FILE)
 
 
-def load_model(directory: str | Path | None = None, device: str = "cpu", fresh_prefix: str | None = None) -> LoadedModel:
-    """Load a checkpoint directory (default: the shipped one). A config that does not match
-    the weights is an error naming the mismatching tensors. `fresh_prefix`: weights under it
-    may be missing and keep their initialisation (stage 2 adds value-stream parts that a
-    stage-1 checkpoint never trained)."""
-    directory = Path(directory or DEFAULT_CHECKPOINT)
+def _read_config(directory: Path) -> WVMConfig:
     weights, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
     for path in (weights, config_path):
         if not path.exists():
             raise CheckpointError(f"{path}: checkpoint file is missing")
     try:
-        config = WVMConfig.from_dict(json.loads(config_path.read_text()))
+        return WVMConfig.from_dict(json.loads(config_path.read_text()))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{config_path}: invalid model config: {exc}") from None
-    model = build_model(config)
-    try:
-        state = load_file(str(weights), device=device)
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(k for k in set(expected) - set(state) if not (fresh_prefix and k.startswith(fresh_prefix)))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+
+
+def _check_shapes(directory: Path, expected: dict[str, tuple], stored: dict[str, tuple], fresh_prefix: str | None) -> None:
+    """A config that does not match the weights is an error naming the mismatching tensors."""
+    missing = sorted(k for k in set(expected) - set(stored) if not (fresh_prefix and k.startswith(fresh_prefix)))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(stored) if tuple(expected[k]) != tuple(stored[k]))
     if missing or unexpected or wrong:
         details = []
         if missing:
@@ -92,10 +86,40 @@ def load_model(directory: str | Path | None = None, device: str = "cpu", fresh_p
         if unexpected:
             details.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
         if wrong:
-            details.append(
-                "shape mismatch " + ", ".join(f"{k}: weights {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}" for k in wrong[:5])
-            )
+            details.append("shape mismatch " + ", ".join(f"{k}: weights {tuple(stored[k])} vs config {tuple(expected[k])}" for k in wrong[:5]))
         raise CheckpointError(f"{directory}: weights do not match config.json ({'; '.join(details)})")
+
+
+def checkpoint_identity(directory: str | Path | None = None) -> tuple[str, str]:
+    """(model version, checkpoint hash) of a checkpoint, checked against its config like
+    `load_model` does, without loading its weights: the driver of a run needs only this."""
+    directory = Path(directory or DEFAULT_CHECKPOINT)
+    config = _read_config(directory)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
+    try:
+        with safe_open(str(directory / MODEL_FILE), framework="pt") as weights:
+            stored = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{directory / MODEL_FILE}: not a readable safetensors file: {exc}") from None
+    _check_shapes(directory, expected, stored, None)
+    return config.version, file_hash(directory / MODEL_FILE)
+
+
+def load_model(directory: str | Path | None = None, device: str = "cpu", fresh_prefix: str | None = None) -> LoadedModel:
+    """Load a checkpoint directory (default: the shipped one). `fresh_prefix`: weights under it
+    may be missing and keep their initialisation (stage 2 adds value-stream parts that a
+    stage-1 checkpoint never trained)."""
+    directory = Path(directory or DEFAULT_CHECKPOINT)
+    config = _read_config(directory)
+    weights = directory / MODEL_FILE
+    model = build_model(config)
+    try:
+        state = load_file(str(weights), device=device)
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: not a readable safetensors file: {exc}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    _check_shapes(directory, expected, {k: tuple(v.shape) for k, v in state.items()}, fresh_prefix)
     model.load_state_dict(state, strict=not fresh_prefix)
     model.to(device).eval()
     return LoadedModel(model, config, file_hash(weights), str(directory))

@@ -34,6 +34,12 @@ class ValueModelHandler(ABC):
         """run_batch plus each episode's out-of-distribution score (B,) (schemas/inference.py)."""
         raise NotImplementedError
 
+    def identity(self) -> tuple[str, str]:
+        """(model version, checkpoint hash) of the model that would answer, as cheaply as the
+        backend allows (a run's driver needs only this). By default: load, read, close."""
+        with self:
+            return self.version, self.checkpoint_hash
+
     def close(self) -> None:
         pass
 
@@ -63,6 +69,11 @@ class LocalHandler(ValueModelHandler):
         self.version = self._loaded.version
         self.checkpoint_hash = self._loaded.checkpoint_hash
         self.geometry = WindowGeometry.of(self._loaded.config)
+
+    def identity(self) -> tuple[str, str]:
+        from wvm.checkpoint import checkpoint_identity
+
+        return checkpoint_identity(self.checkpoint)  # the weights' header only, not the weights
 
     def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
         return self.run_batch_with_ood(frames, texts, lengths)[0]
