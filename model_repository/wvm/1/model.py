@@ -28,6 +28,15 @@ def _input(request, name: str) -> torch.Tensor:
     return from_dlpack(pb_utils.get_input_tensor_by_name(request, name).to_dlpack())
 
 
+def _text(task) -> str:
+    if not isinstance(task, bytes):
+        return str(task)
+    try:
+        return task.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise contract.ContractError(f"{contract.TASK} must be UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -64,7 +73,7 @@ class TritonPythonModel:
                 frames = _input(request, contract.FRAMES)
                 lengths = _input(request, contract.LENGTH).reshape(-1)
                 tasks = pb_utils.get_input_tensor_by_name(request, contract.TASK).as_numpy().reshape(-1)
-                texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tasks]
+                texts = [_text(t) for t in tasks]
                 contract.check_window_batch(frames.cpu().numpy(), texts, lengths.cpu().numpy(), self.window_frames)
                 valid.append((i, frames, texts, lengths.long()))
             except Exception as exc:  # noqa: BLE001 - every problem becomes this request's error
