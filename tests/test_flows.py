@@ -4,14 +4,20 @@ task runners, a real Triton server, real stores."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import METAWORLD_MINI, copy_dataset
+from conftest import METAWORLD_MINI, ROOT, copy_dataset
 from pipelines.store import EpisodeStore
 from schemas import labels as spec
 
@@ -190,3 +196,131 @@ def test_the_temporary_prefect_server_dies_with_a_killed_nightly(tmp_path):
             pytest.fail(f"the Prefect server at {url} outlived its killed parent")
     finally:
         child.kill()
+
+
+def served_windows(http: str) -> int | None:
+    """Windows (inference_count) the wvm model of a Triton server has answered; None when the
+    server does not answer."""
+    try:
+        with urllib.request.urlopen(f"{http}/v2/models/wvm/stats", timeout=2) as response:
+            (model,) = json.load(response)["model_stats"]
+    except OSError:
+        return None
+    return int(model.get("inference_count", 0))
+
+
+class NightlyServe:
+    """`wvm nightly SRC --out OUT --serve` as a subprocess on the test's Prefect server, watched:
+    the tritonserver it starts (and that server's Python-backend stubs), the endpoints it
+    announces, the most windows that server was seen to have answered. On exit it kills the
+    CLI's process group and whatever of the server it started is left: nothing else."""
+
+    def __init__(self, out: Path):
+        from prefect.settings import PREFECT_API_URL
+
+        cmd = [sys.executable, "-m", "wvm.cli", "nightly", str(METAWORLD_MINI), "--out", str(out), "--serve", "--workers", "1"]
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.stdout, self.stderr = [], []
+        self.readers = [threading.Thread(target=lambda s=s, l=l: l.extend(s), daemon=True)
+                        for s, l in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]  # fmt: skip
+        for reader in self.readers:
+            reader.start()
+        self.started = {}  # pid -> (psutil.Process, cmdline)
+        self.endpoints, self.windows_seen = None, 0
+
+    def __enter__(self) -> NightlyServe:
+        return self
+
+    def watch(self) -> None:
+        """Look once at the CLI's process tree and at its server."""
+        import psutil
+
+        try:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                if child.pid not in self.started and child.name() == "tritonserver":
+                    self.started[child.pid] = (child, child.cmdline())
+                if child.pid in self.started:
+                    for stub in child.children(recursive=True):
+                        self.started.setdefault(stub.pid, (stub, stub.cmdline()))
+        except psutil.Error:  # a process that just ended
+            pass
+        if self.endpoints is None:
+            ready = [line for line in list(self.stderr) if line.startswith("Triton ready: ")]
+            self.endpoints = json.loads(ready[0].removeprefix("Triton ready: ")) if ready else None
+        if self.endpoints is not None:
+            self.windows_seen = max(self.windows_seen, served_windows(self.endpoints["http"]) or 0)
+
+    def watch_until(self, done, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and self.proc.poll() is None and time.monotonic() < deadline:
+            self.watch()
+            time.sleep(0.2)
+
+    def server(self) -> list[str]:
+        """The command line of the one tritonserver the CLI started, on the ports it announced."""
+        assert self.endpoints is not None, "".join(self.stderr)[-4000:]
+        servers = [cmdline for _, cmdline in self.started.values() if Path(cmdline[0]).name == "tritonserver"]
+        assert len(servers) == 1 and len(self.started) > 1  # the server and its Python-backend stub(s)
+        assert f"--grpc-port={self.endpoints['grpc'].rsplit(':', 1)[1]}" in servers[0]
+        return servers[0]
+
+    def left(self) -> list[int]:
+        """Pids of the server's processes still running."""
+        import psutil
+
+        return [p.pid for p, _ in self.started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    def assert_server_gone(self) -> None:
+        assert not self.left()
+        assert served_windows(self.endpoints["http"]) is None
+        for url in self.endpoints.values():  # nothing listens on its ports any more
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), timeout=2).close()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for process, _ in self.started.values():  # only what this CLI run started
+            if process.is_running():
+                process.kill()
+
+
+def test_nightly_serve_labels_through_its_own_triton_server_and_stops_it(prefect_server, shipped_checkpoint, tmp_path):
+    """`wvm nightly --serve` (README, Nightly runs): the CLI starts a tritonserver of its own,
+    labels through it, and leaves no server process behind."""
+    out = tmp_path / "out"
+    with NightlyServe(out) as run:
+        run.watch_until(lambda: False)
+        assert run.proc.wait(timeout=5) == 0, "".join(run.stderr)[-4000:]
+        for reader in run.readers:
+            reader.join(10)
+        run.server()  # it started one tritonserver of its own, on the ports it announced...
+        # ...and labelled every frame through it: that server answered at least the windows
+        # relabel reports (plus one version probe per connection)
+        summary = json.loads("".join(run.stdout))
+        assert summary["new"] is True and summary["failures"] == 0
+        (result,) = summary["sources"].values()
+        assert result["relabel"]["episodes_labelled"] == 18 and result["relabel"]["frames_labelled"] == 524
+        assert run.windows_seen >= result["relabel"]["windows"] >= 18
+        assert labelled_frames(out).num_rows == 524
+        shipped = json.loads((shipped_checkpoint / "config.json").read_text())["version"]
+        assert result["model_key"].startswith(f"{shipped}-")  # the shipped model, as served
+        assert json.loads((out / "latest.json").read_text())["run_id"] == summary["run_id"]
+        run.assert_server_gone()  # the server it started is gone: no process left, ports closed
+
+
+def test_a_killed_nightly_serve_takes_its_triton_server_with_it(prefect_server, tmp_path):
+    """kill -9 of `wvm nightly --serve` while it labels: the tritonserver it started must not
+    stay up as an orphan (it runs in a session of its own, so only the kernel can tell it)."""
+    with NightlyServe(tmp_path / "out") as run:
+        run.watch_until(lambda: run.windows_seen > 0)  # labelling through its server
+        assert run.proc.poll() is None and run.windows_seen > 0, "".join(run.stderr)[-4000:]
+        run.server()
+        os.killpg(run.proc.pid, signal.SIGKILL)  # the CLI and its Dask workers; not the server's session
+        run.proc.wait()
+        deadline = time.monotonic() + 60  # a graceful stop takes at most --exit-timeout-secs=30
+        while run.left() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        run.assert_server_gone()

@@ -371,7 +371,10 @@ def _nightly(args: argparse.Namespace) -> dict:
             from wvm.serving.server import DEFAULT_REPOSITORY, TritonServer, free_port, write_repository
 
             repository = write_repository(args.checkpoint) if args.checkpoint else DEFAULT_REPOSITORY
-            server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+            # die_with_parent: the server runs in a session of its own, so a kill -9 of this run
+            # would leave it up as an orphan on its ports; started from the main thread, which
+            # lives as long as the run
+            server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), die_with_parent=True)
             print(f"starting tritonserver ({repository}) ...", file=sys.stderr)
             stack.enter_context(server)
             backend, triton_url = "triton", server.grpc_url

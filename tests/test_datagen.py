@@ -1,0 +1,150 @@
+"""`wvm datagen metaworld` end to end (README: "render Meta-World expert / hesitation / retry
+episodes with ground truth, as LeRobot v3"): one training task, one episode of each kind,
+rendered small, then read back with the project's own reader and checked against the ground
+truth the module documents (wvm.datagen.metaworld, wvm.metrics.ground_truth)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT
+from schemas.ground_truth import GROUND_TRUTH, KINDS, LABELS_SUFFIX
+from wvm.datagen.metaworld import CAMERA_KEY_PREFIX, RESERVED_TASKS, task_text, training_tasks
+
+TASK = "reach-v3"  # a training task with short episodes (fast to render)
+SIZE = 64
+
+
+def datagen(out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "wvm.cli", "datagen", "metaworld", "--out", str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, dict]:
+    """TASK rendered once: one expert, hesitation, retry and failed episode at SIZE px."""
+    assert TASK in training_tasks() and TASK not in RESERVED_TASKS
+    out = tmp_path_factory.mktemp("datagen") / "mw"
+    counts = [f"--{kind}=1" for kind in KINDS]
+    result = datagen(out, "--tasks", TASK, *counts, f"--size={SIZE}", "--workers=1", "--seed=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads(result.stdout)
+
+
+@pytest.mark.slow  # ~20 s of software rendering on this machine
+def test_datagen_writes_a_lerobot_v3_dataset_the_reader_opens(rendered):
+    from pipelines.sources import open_source
+    from pipelines.sources.lerobot import LeRobotSource
+
+    out, summary = rendered
+    assert summary["requested"] == summary["episodes"] == len(KINDS)
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == len(KINDS)
+    source = open_source(str(out))
+    assert isinstance(source, LeRobotSource) and source.version == "v3.0"
+    camera = CAMERA_KEY_PREFIX + "corner"
+    assert source.cameras == [camera] and source.camera_shape(camera) == (SIZE, SIZE)
+    assert source.feature_dim("state") == source.feature_dim("action") == 4
+    episodes = source.episodes()
+    assert [e.index for e in episodes] == list(range(len(KINDS)))
+    assert {e.task for e in episodes} == {task_text(TASK)} == {"reach"}
+    assert sum(e.length for e in episodes) == summary["frames"] == info["total_frames"]
+    for episode in episodes:
+        table = source.read_frames(episode)
+        assert len(table) == episode.length >= 8
+        assert table.frame_index.tolist() == list(range(episode.length))
+        np.testing.assert_allclose(table.timestamp, np.arange(episode.length) / info["fps"], atol=1e-4)
+        frames = np.stack(list(source.decode(episode, camera, table, np.arange(episode.length))))
+        assert frames.shape == (episode.length, SIZE, SIZE, 3) and frames.dtype == np.uint8
+        assert frames.std() > 10  # a rendered scene, not a blank image
+        # the arm moves: the first and last frames differ, and so do the recorded hand positions
+        assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1
+        assert np.linalg.norm(table.state[-1, :3] - table.state[0, :3]) > 0.01
+
+
+@pytest.mark.slow
+def test_datagen_ground_truth_has_one_progress_per_frame_as_documented(rendered):
+    from pipelines.sources import open_source
+
+    out, _ = rendered
+    labels_path = Path(str(out) + LABELS_SUFFIX)
+    table = pq.read_table(labels_path)
+    assert table.schema.remove_metadata().equals(GROUND_TRUTH.remove_metadata())
+    labels = table.to_pandas()
+    lengths = {e.index: e.length for e in open_source(str(out)).episodes()}
+    assert len(labels) == sum(lengths.values())
+    by_kind = {}
+    for episode_index, group in labels.groupby("episode_index"):
+        group = group.sort_values("frame_index")
+        T = lengths[episode_index]
+        assert group["frame_index"].tolist() == list(range(T))  # one value per frame
+        (kind,) = group["kind"].unique()
+        assert group["env"].unique().tolist() == [TASK]
+        progress = group["gt_progress"].to_numpy()
+        assert ((progress >= 0) & (progress <= 1)).all() and progress[0] == 0
+        by_kind[kind] = (progress, int(group["seg_start"].iloc[0]), int(group["seg_end"].iloc[0]))
+    assert sorted(by_kind) == sorted(KINDS)
+
+    progress, m, n = by_kind["expert"]  # t / (T - 1): rises steadily to exactly 1, no segment
+    T = len(progress)
+    assert (m, n) == (-1, -1) and progress[-1] == 1.0 and (np.diff(progress) > 0).all()
+    np.testing.assert_allclose(progress, np.arange(T) / (T - 1))
+
+    progress, m, n = by_kind["hesitation"]  # flat over the pause, then on to 1
+    assert 0 < m < n < len(progress) - 1 and progress[-1] == 1.0
+    assert np.ptp(progress[m : n + 1]) == 0 and (np.diff(progress) >= 0).all()
+
+    progress, m, n = by_kind["retry"]  # falls over the undone frames, then redone to 1
+    assert 0 < m < n < len(progress) - 1 and progress[-1] == 1.0
+    assert (np.diff(progress[m : n + 1]) < 0).all() and (np.diff(progress[n:]) > 0).all()
+
+    # failed: the expert's pace until frame m, then held at m / (T - 1) to the last frame: the
+    # segment ends at the last frame and progress never reaches 1 (never a success)
+    progress, m, n = by_kind["failed"]
+    T = len(progress)
+    assert 0 < m < n == T - 1
+    np.testing.assert_allclose(progress, np.minimum(np.arange(T), m) / (T - 1))
+    assert progress.max() < 1 and np.ptp(progress[m:]) == 0
+
+
+@pytest.mark.slow  # renders one small episode of a reserved task (~10 s)
+def test_datagen_warns_when_asked_for_a_reserved_task(tmp_path):
+    reserved = RESERVED_TASKS[0]
+    result = datagen(tmp_path / "bench", "--tasks", reserved, "--expert=1", "--hesitation=0", "--retry=0", "--size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = [line for line in result.stderr.splitlines() if "WARNING" in line and "reserved task" in line]
+    assert len(warning) == 1 and reserved in warning[0] and "evaluation only" in warning[0]
+    assert json.loads(result.stdout)["episodes"] == 1  # a warning, not a refusal
+    assert pq.read_table(str(tmp_path / "bench") + LABELS_SUFFIX).column("env").unique().to_pylist() == [reserved]
+
+
+def test_datagen_unknown_task_is_a_clear_error(tmp_path):
+    out = tmp_path / "never"
+    result = datagen(out, "--tasks", f"{TASK},no-such-task-v3", "--expert=1")
+    assert result.returncode == 1
+    assert "error: unknown Meta-World task(s): ['no-such-task-v3']" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not out.exists() and not Path(str(out) + LABELS_SUFFIX).exists()
+
+
+def test_datagen_refuses_an_existing_output_and_an_empty_request(tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("keep")
+    result = datagen(existing, "--tasks", TASK, "--expert=1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "already exists" in result.stderr and str(existing) in result.stderr
+    assert [p.name for p in existing.iterdir()] == ["mine.txt"]
+
+    empty = tmp_path / "empty"
+    result = datagen(empty, "--tasks", TASK, "--expert=0", "--hesitation=0", "--retry=0", "--failed=0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: nothing to render" in result.stderr
+    assert not empty.exists()  # refused before anything was written
