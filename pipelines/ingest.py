@@ -3,6 +3,7 @@ of them on an engine, record failures. Reruns skip what is stored with the same 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 
@@ -14,6 +15,8 @@ from pipelines.sources import Partition, Source, SourceEpisode, open_source, pla
 from pipelines.stages.ingest import DecodeOptions, IngestPartition
 from pipelines.store import EpisodeStore
 from schemas import episode_store as layout
+
+log = logging.getLogger("wvm.ingest")
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,10 @@ def run_ingest(config: IngestConfig, engine: Engine, *, progress: bool = True, o
             save_failures=store.update_failures, desc=f"ingest ({engine.name})", progress=progress, on_progress=on_progress,
         )  # fmt: skip
         store.update_failures(tally.failures)
-        store.sweep_uncommitted([t.partition_id for t in plan.tasks])
+        try:
+            store.sweep_uncommitted([t.partition_id for t in plan.tasks])
+        except OSError as exc:  # clean-up only: the next run tries again
+            log.warning("%s: uncommitted attempts not removed: %s", config.store, exc)
     return IngestSummary(
         run_id=run_id,
         source_episodes=plan.source_episodes,

@@ -165,7 +165,7 @@ class EpisodeStore:
             except FileNotFoundError:
                 return {}
 
-        committed = {name.removesuffix(".parquet") for name in listing(layout.MANIFEST_DIR)}
+        committed = {name.removesuffix(".parquet") for name, e in listing(layout.MANIFEST_DIR).items() if e["type"] == "file" and name.endswith(".parquet")}
         doomed = [e["name"] for pid, e in listing(layout.PARTITIONS_DIR).items() if e["type"] == "directory" and pid not in committed]
         for partition_id in set(touched) & committed:
             manifest = self._path(layout.MANIFEST_DIR, f"{partition_id}.parquet")

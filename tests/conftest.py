@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import pytest
 from wvm.serving.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+# This run's own listing cache (pipelines/sources/listing_cache.py): nothing another run or
+# checkout on the machine cached can change what a test reads. Subprocesses inherit it.
+os.environ["WVM_LISTING_CACHE"] = tempfile.mkdtemp(prefix="wvm-test-listings-")
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 METAWORLD_MINI = FIXTURES / "metaworld_mini"
 METAWORLD_LABELS = FIXTURES / "metaworld_mini.labels.parquet"

@@ -126,6 +126,30 @@ def test_rlds_missing_metadata_and_shards(tmp_path):
     assert err.value.file.endswith(VAL)
 
 
+def test_rlds_listing_reads_only_new_or_changed_shards(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("WVM_LISTING_CACHE", str(tmp_path / "cache"))
+    copy = copy_dataset(BRIDGE, tmp_path / "bridge")
+    scanned, scan = [], RLDSSource._scan
+
+    def counting(self, shard, expected):
+        scanned.append(shard.rsplit("/", 1)[-1])
+        yield from scan(self, shard, expected)
+
+    monkeypatch.setattr(RLDSSource, "_scan", counting)
+    listed = lambda: [(e.index, e.length, e.task, e.fingerprint, e.locator) for e in RLDSSource(str(copy)).episodes()]  # noqa: E731
+    first = listed()
+    assert sorted(scanned) == sorted([TRAIN, VAL]) and len(first) == 50
+    scanned.clear()
+    assert listed() == first and scanned == []  # a second run reads no shard
+    os.utime(copy / "1.0.0" / VAL, ns=(1, 1))  # the val shard rewritten (new token)
+    again = listed()
+    assert scanned == [VAL]
+    assert [e[:3] + e[4:] for e in again] == [e[:3] + e[4:] for e in first]  # same episodes, new fingerprints for val
+    assert sum(a[3] != b[3] for a, b in zip(again, first)) == sum(e[4].shard.endswith(VAL) for e in first) > 0
+
+
 def test_rlds_damaged_shards(tmp_path):
     copy = copy_dataset(BRIDGE, tmp_path / "bridge")
     shard = copy / "1.0.0" / TRAIN

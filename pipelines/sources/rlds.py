@@ -20,8 +20,10 @@ the length, payload, masked CRC-32C of the payload, both CRCs checked with googl
 
 Episodes: every split's shards in the order of dataset_info.json `splits`, numbered in that
 order. TFRecord has no index, so listing reads each shard once, start to end, parsing each
-Example for its step count and task; each episode's locator keeps (shard, byte offset) so
-read_frames / decode seek straight to its one record.
+Example for its step count and task, and keeps that in the listing cache
+(pipelines/sources/listing_cache.py) while the shard is unchanged: later runs read only new or
+changed shards. Each episode's locator keeps (shard, byte offset) so read_frames / decode seek
+straight to its one record.
 
 Timing: RLDS has no clock. fps comes from the constructor, else from a table of published
 Open X-Embodiment control rates by dataset name, else 10 Hz; step k is at k / fps.
@@ -63,6 +65,7 @@ from tfrecord import example_pb2
 
 from pipelines import fs as fsx
 from pipelines.errors import DatasetError, EpisodeError
+from pipelines.sources import listing_cache
 from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeFrames, Source, SourceEpisode
 
 # Control rates (Hz) from the Open X-Embodiment dataset sheet, by dataset_info.json name.
@@ -274,13 +277,26 @@ class RLDSSource(Source):
                 token = fsx.file_token(self.fs.info(shard))
             except FileNotFoundError:
                 raise DatasetError("shard named by dataset_info.json is missing", file=shard) from None
-            for ref, example in self._scan(shard, expected):
-                steps, task = (self._steps(example), self._task(example)) if example is not None else (0, "")
+            for ref, steps, task in self._records(shard, token, expected):
                 fingerprint = hashlib.sha256(
                     json.dumps([shard, token, ref.offset, self.fps, decode_options]).encode()
                 ).hexdigest()[:32]
                 episodes.append(SourceEpisode(self.uri, len(episodes), steps, task, fingerprint, shard, locator=ref))
         return episodes
+
+    def _records(self, shard: str, token: str, expected: int | None) -> list[tuple[RecordRef, int, str]]:
+        """(locator, steps, task) of every record of a shard: from the listing cache while the
+        shard is unchanged (same token), else by reading it whole once."""
+        url = self.fs.unstrip_protocol(shard)
+        token = f"{token};expected={expected}"  # the checks against dataset_info.json rerun when it changes
+        cached = listing_cache.get("rlds-shard", url, token)
+        if cached is None:
+            cached = [
+                [ref.offset, ref.damage, *((self._steps(example), self._task(example)) if example is not None else (0, ""))]
+                for ref, example in self._scan(shard, expected)
+            ]  # fmt: skip
+            listing_cache.put("rlds-shard", url, token, cached)
+        return [(RecordRef(shard, int(offset), damage), int(steps), task) for offset, damage, steps, task in cached]
 
     def _scan(self, shard: str, expected: int | None) -> Iterator[tuple[RecordRef, example_pb2.Example | None]]:
         """Every record of a shard, one at a time: (ref, parsed Example or None when damaged); see
