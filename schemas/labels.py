@@ -29,7 +29,11 @@ import re
 
 import pyarrow as pa
 
+from schemas.episode_store import ATTR_CAMERA as ATTR_CAMERA  # the same attribute key here
+from schemas.episode_store import FAILURES_FILE as FAILURES_FILE  # a version's dead-letter table (FAILURES)
 from schemas.episode_store import (  # columns the label tables share with the episode store
+    ATTR_FORMAT,
+    ATTR_SCHEMA_VERSION,
     DIM_FRAME,
     EMBODIMENT,
     EPISODE_ID,
@@ -61,9 +65,12 @@ SIDECAR_PARTS_DIR = "sidecar"
 EPISODES_FILE = "episodes.parquet"
 SIDECAR_FILE = "wvm_progress.parquet"
 
+ROOT_ATTRS = {ATTR_FORMAT: LABELS_FORMAT, ATTR_SCHEMA_VERSION: LABELS_SCHEMA_VERSION}  # ROOT_MARKER's and the root group's
+
 # The progress array: one row per frame of the episode-store partition, hence its dimension.
 PROGRESS_FORMAT = "wvm-labels-progress"  # attrs of the group holding one progress array
 PROGRESS_DIMS = (DIM_FRAME,)
+PROGRESS_GROUP_ATTRS = {ATTR_FORMAT: PROGRESS_FORMAT, ATTR_SCHEMA_VERSION: LABELS_SCHEMA_VERSION}
 PROGRESS_ATTRIBUTES = {"units": "progress in [0, 1]", "description": "predicted task progress V(t); NaN: not labelled"}
 
 # Policy-extraction defaults (REFERENCE §3).
