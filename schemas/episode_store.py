@@ -25,6 +25,8 @@ manifest: a group found by walking the hierarchy may be an uncommitted attempt.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -160,6 +162,23 @@ FAILURES = pa.schema(
 )
 
 
+# On-disk identities: EPISODE_ID values and partition ids (directory and file names of the store
+# and of the labels parts). Both are what existing stores hold, so neither formula may change: a
+# new episode id makes every stored episode look new (ingested and labelled again), a new
+# partition id makes a rerun plan other partitions than the crashed run it should finish.
+
+
+def _digest(text: str, length: int) -> str:
+    """The one hash behind our ids: the first `length` hex digits of SHA-1."""
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
 def episode_id(source_uri: str, episode_index: int) -> str:
     """Stable episode id: the same source location and episode index always give the same id."""
-    return hashlib.sha1(f"{source_uri}#{int(episode_index)}".encode()).hexdigest()[:20]
+    return _digest(f"{source_uri}#{int(episode_index)}", 20)
+
+
+def partition_id(members: Iterable[tuple[str, int, str]]) -> str:
+    """Stable partition id from its members' (source_uri, episode_index, fingerprint), in order:
+    a rerun after a crash plans the very same partitions, and new episodes land in new ones."""
+    return _digest(json.dumps([list(member) for member in members]), 16)
