@@ -17,6 +17,7 @@ from pipelines.engines.base import LocalEngine
 from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.stages.ingest import DecodeOptions
 from pipelines.store import EpisodeStore
+from schemas import episode_store as layout
 
 G1 = ROOT.parent / "shared" / "fixtures" / "g1_bottle_v21"
 
@@ -37,7 +38,7 @@ def codec_levels(store_url: str, frames: int = 256) -> dict:
     """Ratio and ms per frame of Blosc-zstd levels on the first stored frames (chunks of 4)."""
     store = EpisodeStore(store_url)
     row = store.episodes().to_pylist()[0]
-    sample = store.read_frames(row, row["cameras"][0], 0, frames)
+    sample = store.read_frames(row, row[layout.CAMERAS][0], 0, frames)
     results = {}
     for level in (1, 3, 5, 9):
         codec = Blosc("zstd", level, Blosc.NOSHUFFLE)

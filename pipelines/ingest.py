@@ -50,7 +50,7 @@ class IngestSummary:
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
-        d["failures"] = [f"{f['file']}: episode {f['source_episode_index']}: {f['reason']}" for f in self.failures]
+        d["failures"] = [f"{f[layout.FILE]}: episode {f[layout.SOURCE_EPISODE_INDEX]}: {f[layout.REASON]}" for f in self.failures]
         return d
 
 
@@ -68,7 +68,7 @@ def plan_ingest(config: IngestConfig, checked: tuple[Source, list[SourceEpisode]
     source, episodes = checked or open_checked_source(config)
     store = EpisodeStore(config.store, create=True)
     stored = store.episodes()
-    have = set(zip(stored.column("episode_id").to_pylist(), stored.column("fingerprint").to_pylist()))
+    have = set(zip(stored.column(layout.EPISODE_ID).to_pylist(), stored.column(layout.FINGERPRINT).to_pylist()))
     tasks, already = plan_partitions(episodes, lambda e: (layout.episode_id(e.source_uri, e.index), e.fingerprint) in have, config.partition_frames, source)
     return IngestPlan(source.uri, tasks, len(episodes), already)
 

@@ -44,19 +44,19 @@ class LabelsStore:
         if self.fs.exists(marker):
             with self.fs.open(marker, "rb") as f:
                 info = json.load(f)
-            if info.get("format") != spec.LABELS_FORMAT or info.get("schema_version") != spec.LABELS_SCHEMA_VERSION:
+            if any(info.get(key) != value for key, value in spec.ROOT_ATTRS.items()):
                 raise LabelsError(
-                    f"{marker}: labels of format {info.get('format')!r} schema version {info.get('schema_version')!r}; "
+                    f"{marker}: labels of format {info.get(spec.ATTR_FORMAT)!r} schema version {info.get(spec.ATTR_SCHEMA_VERSION)!r}; "
                     f"this wvm reads {spec.LABELS_FORMAT!r} version {spec.LABELS_SCHEMA_VERSION}. Use another --out."
                 )
         elif create:
             if holds_data(self.fs, self.root):
                 raise LabelsError(f"{self.url}: not empty and not a wvm labels directory; refusing to write into it")
-            fsx.write_json_atomic(self.fs, marker, {"format": spec.LABELS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION})
+            fsx.write_json_atomic(self.fs, marker, spec.ROOT_ATTRS)
         else:
             raise LabelsError(f"{self.url}: no wvm labels here ({spec.ROOT_MARKER} missing)")
         if create:  # the run's driver, once: writers never touch the root (directories from before get it now)
-            write_group_if_absent(self.fs, self.root, {"format": spec.LABELS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION})
+            write_group_if_absent(self.fs, self.root, spec.ROOT_ATTRS)
 
     def version(self, key: str) -> VersionLabels:
         return VersionLabels(self, key)
@@ -83,7 +83,7 @@ class LabelsStore:
             self.fs.invalidate_cache()
             with self.fs.open(sidecar, "rb") as f:
                 fsx.atomic_write_bytes(self.fs, fsx.join(self.root, spec.SIDECAR_FILE), f.read())
-        pointer = {"model_key": key, **version.model_info(), "published_at": utcnow().isoformat(), "summary": summary}
+        pointer = {spec.LATEST_MODEL_KEY: key, **version.model_info(), "published_at": utcnow().isoformat(), "summary": summary}
         fsx.write_json_atomic(self.fs, fsx.join(self.root, spec.LATEST_POINTER), pointer)
 
 
@@ -114,13 +114,13 @@ class VersionLabels:
         path = self.path(spec.MODEL_FILE)
         if self.fs.exists(path):
             existing = self.model_info()
-            for key in ("model_version", "checkpoint_hash"):
+            for key in spec.MODEL_IDENTITY:
                 if existing.get(key) != info.get(key):
                     raise LabelsError(f"{path}: holds {key}={existing.get(key)!r}, not {info.get(key)!r}")
         else:
             fsx.write_json_atomic(self.fs, path, info)
         ensure_groups(self.store.url, spec.VERSIONS_DIR)
-        stamps = {key: info[key] for key in ("model_version", "checkpoint_hash") if key in info}
+        stamps = {key: info[key] for key in spec.MODEL_IDENTITY if key in info}
         write_group_if_absent(self.fs, self.path(), stamps)
         ensure_groups(self.url, spec.PROGRESS_DIR)
 
@@ -136,11 +136,11 @@ class VersionLabels:
         # which is this writer's own
         ensure_groups(self.store.url, spec.VERSIONS_DIR, self.key, spec.PROGRESS_DIR, relative.strip("/").rpartition("/")[0])
         info = self.model_info()
-        stamps = {key: info[key] for key in ("model_version", "checkpoint_hash")}
+        stamps = {key: info[key] for key in spec.MODEL_IDENTITY}
         group = open_zarr_group(
             fsx.join(self.url, spec.PROGRESS_DIR, relative),
             mode="w",
-            attributes={"format": spec.PROGRESS_FORMAT, "schema_version": spec.LABELS_SCHEMA_VERSION, **stamps},
+            attributes={**spec.PROGRESS_GROUP_ATTRS, **stamps},
         )
         array = group.create_array(
             spec.PROGRESS_ARRAY,
@@ -217,10 +217,10 @@ class VersionLabels:
                 yield fsx.read_parquet(self.fs, path)
 
     def failures(self) -> pa.Table:
-        return read_failures(self.fs, self.path("failures.parquet"))
+        return read_failures(self.fs, self.path(spec.FAILURES_FILE))
 
     def update_failures(self, rows: list[dict], labelled: set[str]) -> None:
-        update_failures(self.fs, self.path("failures.parquet"), rows, pa.array(sorted(labelled), pa.string()))
+        update_failures(self.fs, self.path(spec.FAILURES_FILE), rows, pa.array(sorted(labelled), pa.string()))
 
     # -- consolidation -----------------------------------------------------------------------
 
@@ -266,8 +266,8 @@ class VersionLabels:
         seen: set[str] = set()  # an episode committed by two runs (other partitioning) counts once
         for pid, (path, token) in sorted(episode_parts.items()):
             table, summaries[pid] = self._episodes_part(pid, path, token)
-            ids = table.column("episode_id").to_pylist()
-            pairs = zip(ids, table.column("source_fingerprint").to_pylist())
+            ids = table.column(spec.EPISODE_ID).to_pylist()
+            pairs = zip(ids, table.column(spec.SOURCE_FINGERPRINT).to_pylist())
             keep = [(current is None or pair in current) and pair[0] not in seen for pair in pairs]
             seen.update(i for i, k in zip(ids, keep) if k)
             if not all(keep):
@@ -284,7 +284,7 @@ class VersionLabels:
             if pid in dropped:
                 part.load(self, kept[pid])
             elif summaries[pid] is None:  # committed before summaries: its advantages, once
-                part.load(self, kept[pid], columns=["episode_id", "advantage"])
+                part.load(self, kept[pid], columns=[spec.EPISODE_ID, spec.ADVANTAGE])
             else:
                 part.histogram = summaries[pid]
                 entry = known.get(pid)
@@ -304,15 +304,15 @@ class VersionLabels:
         for pid in rewrite:
             part = parts[pid]
             table = part.full(self, kept[pid])
-            w = top_weights(table.column("advantage").to_numpy(), assigned[pid])
-            table = table.set_column(table.schema.get_field_index("w_top70"), spec.FRAMES.field("w_top70"), pa.array(w, pa.float32()))
+            w = top_weights(table.column(spec.ADVANTAGE).to_numpy(), assigned[pid])
+            table = table.set_column(table.schema.get_field_index(spec.W_TOP70), spec.FRAMES.field(spec.W_TOP70), pa.array(w, pa.float32()))
             metadata = {**(table.schema.metadata or {}), spec.TOP70_KEY: str(assigned[pid]).encode()}
             metadata.pop(spec.TOP70_PROVISIONAL_KEY, None)
             self._replace(spec.FRAMES_DIR, pid, part.path, table.replace_schema_metadata(metadata))
         for pid in sorted((dropped | migrated) & set(sidecar_parts)):
             path = sidecar_parts[pid][0]
             table = fsx.read_parquet(self.fs, path)
-            mask = pc.is_in(table.column("episode_index"), value_set=kept[pid].column("episode_index"))
+            mask = pc.is_in(table.column(spec.EPISODE_INDEX), value_set=kept[pid].column(spec.EPISODE_INDEX))
             if table.num_rows and not pc.all(mask).as_py():
                 self._replace(spec.SIDECAR_PARTS_DIR, pid, path, conform(table.filter(mask), spec.SIDECAR, path))
         committed_again = sorted(pid for pid in episode_parts if pid in dropped or (pid in migrated and pid in parts))
@@ -349,7 +349,7 @@ class VersionLabels:
             self._write_sidecar({pid: path for pid, (path, _) in sidecar_parts.items()})
         episodes = [t for pid, t in sorted(kept.items()) if t.num_rows]
         all_episodes = pa.concat_tables(episodes) if episodes else spec.EPISODES.empty_table()
-        all_episodes = all_episodes.sort_by([("source_uri", "ascending"), ("episode_index", "ascending")])
+        all_episodes = all_episodes.sort_by([(spec.SOURCE_URI, "ascending"), (spec.EPISODE_INDEX, "ascending")])
         self._write_if_changed(self.path(spec.EPISODES_FILE), _parquet_bytes(all_episodes))
         new_index = {
             "format": _INDEX_FORMAT,
@@ -398,7 +398,7 @@ class VersionLabels:
         if not parts:
             return
         order = sorted((self._first_index(path), path) for path in parts.values())
-        stamp = json.dumps({k: v for k, v in self.model_info().items() if k != "created_at"}, sort_keys=True)
+        stamp = json.dumps({k: v for k, v in self.model_info().items() if k != spec.CREATED_AT}, sort_keys=True)
         schema = spec.SIDECAR.with_metadata({b"wvm.model": stamp.encode()})
         with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
             with pq.ParquetWriter(tmp.name, schema, compression="zstd") as writer:
@@ -411,7 +411,7 @@ class VersionLabels:
         else from the column."""
         with self.fs.open(path, "rb") as f:
             metadata = pq.ParquetFile(f).metadata
-            column = metadata.schema.names.index("index")
+            column = metadata.schema.names.index(spec.SOURCE_INDEX)
             minima = []
             for i in range(metadata.num_row_groups):
                 statistics = metadata.row_group(i).column(column).statistics
@@ -422,7 +422,7 @@ class VersionLabels:
             if minima:
                 return min(minima)
         with self.fs.open(path, "rb") as f:
-            values = pq.read_table(f, columns=["index"]).column("index")
+            values = pq.read_table(f, columns=[spec.SOURCE_INDEX]).column(spec.SOURCE_INDEX)
         return pc.min(values).as_py() if len(values) else 0
 
 
@@ -446,12 +446,12 @@ class _FramesPart:
         raw = fsx.read_parquet(labels.fs, self.path, columns=columns)
         self.metadata = dict(raw.schema.metadata or {})
         self.cut = _recorded_cut(self.metadata)
-        mask = pc.is_in(raw.column("episode_id"), value_set=episodes.column("episode_id"))
+        mask = pc.is_in(raw.column(spec.EPISODE_ID), value_set=episodes.column(spec.EPISODE_ID))
         self.dropped = bool(raw.num_rows) and not pc.all(mask).as_py()
         if self.dropped:
             raw = raw.filter(mask)
         self.histogram = AdvantageHistogram()
-        self.histogram.add(raw.column("advantage").to_numpy())
+        self.histogram.add(raw.column(spec.ADVANTAGE).to_numpy())
         if columns is None:
             self.table = conform(raw, spec.FRAMES, self.path).replace_schema_metadata({**(spec.FRAMES.metadata or {}), **self.metadata})
 

@@ -18,6 +18,7 @@ from pipelines.sources import Source, open_source, plan_partitions
 from pipelines.stages.relabel import LabelEpisode, LabelPartition, LabelTask
 from pipelines.store import utcnow
 from pipelines.version import code_version
+from schemas import episode_store as layout
 from schemas import labels as spec
 from schemas.episode_store import episode_id
 
@@ -64,7 +65,7 @@ class RelabelSummary:
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
-        d["failures"] = [f"{f['file']}: episode {f['source_episode_index']}: {f['reason']}" for f in self.failures]
+        d["failures"] = [f"{f[layout.FILE]}: episode {f[layout.SOURCE_EPISODE_INDEX]}: {f[layout.REASON]}" for f in self.failures]
         return d
 
 
@@ -80,8 +81,8 @@ def plan_relabel(config: RelabelConfig, source: Source, episodes: list, done: se
         for e in partition.episodes:
             context = source.context(e)
             # progress rows keep the source's own row layout where it has one (joins row for row)
-            layout = source.row_layout(e)
-            offset = layout[1] if layout else rows
+            row_layout = source.row_layout(e)
+            offset = row_layout[1] if row_layout else rows
             label_episodes.append(
                 LabelEpisode(
                     episode_id=ids[e.source_uri, e.index],
@@ -98,7 +99,7 @@ def plan_relabel(config: RelabelConfig, source: Source, episodes: list, done: se
                     has_source_index=context.has_global_index,
                 )
             )
-            rows = layout[2] if layout else rows + e.length
+            rows = row_layout[2] if row_layout else rows + e.length
         tasks.append(LabelTask(partition.partition_id, rows, tuple(label_episodes)))
     return RelabelPlan(source.uri, tasks, len(episodes), already, current)
 
@@ -131,15 +132,15 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
         labels = labels_store.version(key)
         labels.ensure(
             {
-                "model_version": version,
-                "checkpoint_hash": checkpoint_hash,
-                "code_version": code_version(),
-                "created_at": utcnow().isoformat(),
-                "advantage_horizon": config.advantage_horizon,
+                spec.MODEL_VERSION: version,
+                spec.CHECKPOINT_HASH: checkpoint_hash,
+                spec.CODE_VERSION: code_version(),
+                spec.CREATED_AT: utcnow().isoformat(),
+                spec.HORIZON: config.advantage_horizon,
             }
         )
         committed = labels.committed()
-        done = set(zip(committed.column("episode_id").to_pylist(), committed.column("source_fingerprint").to_pylist()))
+        done = set(zip(committed.column(spec.EPISODE_ID).to_pylist(), committed.column(spec.SOURCE_FINGERPRINT).to_pylist()))
         plan = plan_relabel(config, source, episodes, done)
         stage = LabelPartition(
             source_url=config.source,
@@ -161,7 +162,7 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
         episodes, frames, failures = tally.counts["episodes"], tally.counts["frames"], tally.failures
         labelling_seconds = time.monotonic() - labelling_started
         consolidated = labels.finalize(plan.current)
-        labelled = set(labels.committed().column("episode_id").to_pylist())
+        labelled = set(labels.committed().column(spec.EPISODE_ID).to_pylist())
         labels.update_failures(failures, labelled)
         summary = RelabelSummary(
             run_id=run_id,
@@ -180,7 +181,7 @@ def run_relabel(config: RelabelConfig, engine: Engine, *, progress: bool = True,
             failures=failures,
         )
         latest = labels_store.latest()
-        unchanged = episodes == 0 and latest is not None and latest.get("model_key") == key
+        unchanged = episodes == 0 and latest is not None and latest.get(spec.LATEST_MODEL_KEY) == key
         if config.publish and not unchanged:
             labels_store.publish(key, {k: v for k, v in summary.as_dict().items() if k != "failures"})
         return summary

@@ -22,9 +22,11 @@ import pyarrow.compute as pc
 from pipelines import fs as fsx
 from pipelines.labels_store import LabelsStore
 from pipelines.store import EpisodeStore, StoreError, utcnow
+from schemas import episode_store as layout
 from schemas import labels as spec
 
 CURVES = 4  # best and worst episodes plotted
+QUALITY_BEFORE = f"{spec.QUALITY}_before"  # an episode's quality under the previous model version
 
 
 @dataclass
@@ -44,9 +46,9 @@ def _version_tables(store: LabelsStore, key: str) -> tuple[pd.DataFrame, pd.Data
 def _curves(store: LabelsStore, key: str, episode_ids: list[str]) -> dict[str, np.ndarray]:
     curves = {}
     for table in store.version(key).frames():
-        table = table.filter(pc.is_in(table.column("episode_id"), value_set=pa.array(episode_ids, pa.string())))
-        for episode_id, group in table.to_pandas().groupby("episode_id"):
-            curves[episode_id] = group.sort_values("frame_index")["progress"].to_numpy()
+        table = table.filter(pc.is_in(table.column(spec.EPISODE_ID), value_set=pa.array(episode_ids, pa.string())))
+        for episode_id, group in table.to_pandas().groupby(spec.EPISODE_ID):
+            curves[episode_id] = group.sort_values(spec.FRAME_INDEX)[spec.PROGRESS].to_numpy()
     return curves
 
 
@@ -66,17 +68,17 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         versions = store.versions()
         if not versions:
             continue
-        key = latest["model_key"] if latest and latest.get("model_key") in versions else versions[-1]
+        key = latest[spec.LATEST_MODEL_KEY] if latest and latest.get(spec.LATEST_MODEL_KEY) in versions else versions[-1]
         versions_used[source.name] = key
         episodes, label_failures = _version_tables(store, key)
         if len(episodes):
             episodes["source"] = source.name
             all_episodes.append(episodes)
-            ranked = episodes.sort_values("quality")
-            chosen = list(ranked["episode_id"][: CURVES // 2]) + list(ranked["episode_id"][-(CURVES // 2) :])
+            ranked = episodes.sort_values(spec.QUALITY)
+            chosen = list(ranked[spec.EPISODE_ID][: CURVES // 2]) + list(ranked[spec.EPISODE_ID][-(CURVES // 2) :])
             for episode_id, values in _curves(store, key, chosen).items():
-                row = episodes[episodes.episode_id == episode_id].iloc[0]
-                curves[(source.name, episode_id)] = (values, float(row["quality"]), str(row["task"]))
+                row = episodes[episodes[spec.EPISODE_ID] == episode_id].iloc[0]
+                curves[(source.name, episode_id)] = (values, float(row[spec.QUALITY]), str(row[spec.TASK]))
         if len(label_failures):
             failures.append(label_failures.assign(source=source.name, phase="relabel"))
         if source.store:
@@ -89,11 +91,12 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         previous = [v for v in versions if v != key]
         if previous and len(episodes):
             # the most recently created other version is "the previous model"
-            created = {v: store.version(v).model_info().get("created_at", "") for v in previous}
+            created = {v: store.version(v).model_info().get(spec.CREATED_AT, "") for v in previous}
             before_key = max(previous, key=lambda v: created[v])
             before, _ = _version_tables(store, before_key)
             if len(before):
-                merged = episodes.merge(before[["episode_id", "quality", "final_progress"]], on="episode_id", suffixes=("", "_before"))
+                columns = [spec.EPISODE_ID, spec.QUALITY, spec.FINAL_PROGRESS]
+                merged = episodes.merge(before[columns], on=spec.EPISODE_ID, suffixes=("", "_before"))
                 merged["source"], merged["previous_version"] = source.name, before_key
                 changes.append(merged)
     episodes = pd.concat(all_episodes, ignore_index=True) if all_episodes else pd.DataFrame()
@@ -104,7 +107,7 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
     if len(episodes):
         fig, ax = plt.subplots(figsize=(6, 3.2))
         for name, group in episodes.groupby("source"):
-            ax.hist(group["quality"], bins=np.linspace(0, 1, 21), alpha=0.6, label=name)
+            ax.hist(group[spec.QUALITY], bins=np.linspace(0, 1, 21), alpha=0.6, label=name)
         ax.set_xlabel("episode quality")
         ax.set_ylabel("episodes")
         ax.legend(fontsize=7)
@@ -127,7 +130,7 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         images.append(("Progress of the best and worst episodes", "plots/best_and_worst.png"))
     if len(changes):
         fig, ax = plt.subplots(figsize=(3.6, 3.4))
-        ax.scatter(changes["quality_before"], changes["quality"], s=8, alpha=0.6)
+        ax.scatter(changes[QUALITY_BEFORE], changes[spec.QUALITY], s=8, alpha=0.6)
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_xlabel("quality, previous model")
         ax.set_ylabel("quality, this model")
@@ -137,13 +140,13 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         images.append(("Change against the previous model version", "plots/model_change.png"))
 
     counts = (
-        episodes.groupby(["embodiment", "task"]).agg(episodes=("episode_id", "count"), frames=("length", "sum"),
-                                                      mean_quality=("quality", "mean")).reset_index()
+        episodes.groupby([spec.EMBODIMENT, spec.TASK]).agg(episodes=(spec.EPISODE_ID, "count"), frames=(spec.LENGTH, "sum"),
+                                                           mean_quality=(spec.QUALITY, "mean")).reset_index()
         if len(episodes) else pd.DataFrame()
     )  # fmt: skip
     untrusted = (
-        episodes[~episodes["trusted"]].sort_values("ood_score", ascending=False)
-        if len(episodes) and "trusted" in episodes
+        episodes[~episodes[spec.TRUSTED]].sort_values(spec.OOD_SCORE, ascending=False)
+        if len(episodes) and spec.TRUSTED in episodes
         else pd.DataFrame()
     )
     summary = {
@@ -151,12 +154,12 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         "versions": versions_used,
         "episodes": int(len(episodes)),
         "untrusted": int(len(untrusted)),
-        "frames": int(episodes["length"].sum()) if len(episodes) else 0,
-        "mean_quality": float(episodes["quality"].mean()) if len(episodes) else None,
+        "frames": int(episodes[spec.LENGTH].sum()) if len(episodes) else 0,
+        "mean_quality": float(episodes[spec.QUALITY].mean()) if len(episodes) else None,
         "failures": int(len(failures)),
         "change": {
             "episodes_compared": int(len(changes)),
-            "mean_quality_delta": float((changes["quality"] - changes["quality_before"]).mean()) if len(changes) else None,
+            "mean_quality_delta": float((changes[spec.QUALITY] - changes[QUALITY_BEFORE]).mean()) if len(changes) else None,
         },
     }
     (out / "report.json").write_text(json.dumps(summary, indent=2))
@@ -191,17 +194,17 @@ def _html(title, summary, images, counts, failures, changes, untrusted) -> str:
             f"<p>Their frames' out-of-distribution score is above {spec.OOD_TRUST_LIMIT} (1 = as unfamiliar as the "
             "least familiar 1% of training frames). Their labels are written, flagged <code>trusted = false</code> in "
             "episodes.parquet; check them before training on them.</p>"
-            + _table(untrusted, ["source", "episode_index", "task", "embodiment", "ood_score", "quality"], 50)
+            + _table(untrusted, ["source", spec.EPISODE_INDEX, spec.TASK, spec.EMBODIMENT, spec.OOD_SCORE, spec.QUALITY], 50)
         )
     for caption, path in images:
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{path}'>")
-    parts.append("<h2>Episodes per embodiment and task</h2>" + _table(counts, ["embodiment", "task", "episodes", "frames", "mean_quality"]))
-    parts.append("<h2>Failures</h2>" + _table(failures, ["source", "phase", "source_episode_index", "file", "error", "reason", "failed_at"]))
+    parts.append("<h2>Episodes per embodiment and task</h2>" + _table(counts, [spec.EMBODIMENT, spec.TASK, "episodes", "frames", "mean_quality"]))
+    parts.append("<h2>Failures</h2>" + _table(failures, ["source", "phase", layout.SOURCE_EPISODE_INDEX, layout.FILE, layout.ERROR, layout.REASON, layout.FAILED_AT]))
     if len(changes):
-        changes = changes.assign(delta=changes["quality"] - changes["quality_before"]).sort_values("delta")
+        changes = changes.assign(delta=changes[spec.QUALITY] - changes[QUALITY_BEFORE]).sort_values("delta")
         parts.append(
             "<h2>Largest quality changes against the previous model</h2>"
-            + _table(changes, ["source", "episode_index", "task", "quality_before", "quality", "delta", "previous_version"], 20)
+            + _table(changes, ["source", spec.EPISODE_INDEX, spec.TASK, QUALITY_BEFORE, spec.QUALITY, "delta", "previous_version"], 20)
         )
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -90,9 +90,9 @@ def update_failures(fs, path: str, new_rows: list[dict], resolved: pa.Array) -> 
     current = read_failures(fs, path)
     new = conform(pa.Table.from_pylist(new_rows, schema=layout.FAILURES), layout.FAILURES, "new failures")
     merged = pa.concat_tables([new, current])  # newest first
-    _, first = np.unique(merged.column("episode_id").to_numpy(zero_copy_only=False), return_index=True)
+    _, first = np.unique(merged.column(layout.EPISODE_ID).to_numpy(zero_copy_only=False), return_index=True)
     merged = merged.take(pa.array(np.sort(first)))
-    merged = merged.filter(pc.invert(pc.is_in(merged.column("episode_id"), value_set=resolved)))
+    merged = merged.filter(pc.invert(pc.is_in(merged.column(layout.EPISODE_ID), value_set=resolved)))
     if merged.num_rows or current.num_rows:
         fsx.write_parquet_atomic(fs, path, merged)
     return merged
@@ -110,14 +110,14 @@ class EpisodeStore:
                 raise StoreError(f"{self.url}: no episode store here (run `wvm ingest` first)") from None
             if holds_data(self.fs, self.root):
                 raise StoreError(f"{self.url}: exists and is not an episode store; refusing to write into it")
-            attrs = {"format": layout.STORE_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION}
+            attrs = dict(layout.STORE_ATTRS)
             open_zarr_group(self.url, mode="w", attributes=attrs)  # one write: never a root without its attrs
             ensure_groups(self.url, layout.PARTITIONS_DIR)
-        if attrs.get("format") != layout.STORE_FORMAT:
+        if attrs.get(layout.ATTR_FORMAT) != layout.STORE_FORMAT:
             raise StoreError(f"{self.url}: zarr group is not a {layout.STORE_FORMAT} (attrs {attrs})")
-        if attrs.get("schema_version") != layout.STORE_SCHEMA_VERSION:
+        if attrs.get(layout.ATTR_SCHEMA_VERSION) != layout.STORE_SCHEMA_VERSION:
             raise StoreError(
-                f"{self.url}: episode store schema version {attrs.get('schema_version')} is not the supported "
+                f"{self.url}: episode store schema version {attrs.get(layout.ATTR_SCHEMA_VERSION)} is not the supported "
                 f"version {layout.STORE_SCHEMA_VERSION}"
             )
 
@@ -143,10 +143,10 @@ class EpisodeStore:
                 raise StoreError(f"{path}: manifest file cannot be read: {exc}") from None
         if not tables:
             return layout.MANIFEST.empty_table()
-        table = pa.concat_tables(tables).sort_by([("ingested_at", "descending")])
-        _, first = np.unique(table.column("episode_id").to_numpy(zero_copy_only=False), return_index=True)
+        table = pa.concat_tables(tables).sort_by([(layout.INGESTED_AT, "descending")])
+        _, first = np.unique(table.column(layout.EPISODE_ID).to_numpy(zero_copy_only=False), return_index=True)
         table = table.take(pa.array(np.sort(first)))
-        return table.sort_by([("source_uri", "ascending"), ("source_episode_index", "ascending")])
+        return table.sort_by([(layout.SOURCE_URI, "ascending"), (layout.SOURCE_EPISODE_INDEX, "ascending")])
 
     def commit(self, partition_id: str, rows: list[dict]) -> None:
         """Make a partition visible: write its manifest file (atomically, after all its arrays)."""
@@ -169,7 +169,7 @@ class EpisodeStore:
         doomed = [e["name"] for pid, e in listing(layout.PARTITIONS_DIR).items() if e["type"] == "directory" and pid not in committed]
         for partition_id in set(touched) & committed:
             manifest = self._path(layout.MANIFEST_DIR, f"{partition_id}.parquet")
-            keep = set(fsx.read_parquet(self.fs, manifest, columns=["partition_path"]).column("partition_path").to_pylist())
+            keep = set(fsx.read_parquet(self.fs, manifest, columns=[layout.PARTITION_PATH]).column(layout.PARTITION_PATH).to_pylist())
             for name, entry in listing(f"{layout.PARTITIONS_DIR}/{partition_id}").items():
                 if entry["type"] == "directory" and f"{layout.PARTITIONS_DIR}/{partition_id}/{name}" not in keep:
                     doomed.append(entry["name"])
@@ -183,20 +183,20 @@ class EpisodeStore:
         return read_failures(self.fs, self._path(layout.FAILURES_FILE))
 
     def update_failures(self, new_rows: list[dict]) -> pa.Table:
-        return update_failures(self.fs, self._path(layout.FAILURES_FILE), new_rows, self.episodes().column("episode_id"))
+        return update_failures(self.fs, self._path(layout.FAILURES_FILE), new_rows, self.episodes().column(layout.EPISODE_ID))
 
     # -- reading episodes --------------------------------------------------------------------
 
     def _group(self, row: dict) -> zarr.Group:
-        return open_zarr_group(fsx.join(self.url, row["partition_path"]), mode="r")
+        return open_zarr_group(fsx.join(self.url, row[layout.PARTITION_PATH]), mode="r")
 
     def read_frames(self, row: dict, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """uint8 (n, H, W, 3) frames [start, stop) of one stored episode's camera."""
-        stop = row["length"] if stop is None else min(stop, row["length"])
+        stop = row[layout.LENGTH] if stop is None else min(stop, row[layout.LENGTH])
         images = self._group(row)[layout.IMAGES_GROUP]
         if camera not in images:
-            raise StoreError(f"{self.url}: episode {row['episode_id']} has no camera {camera!r}; has {list(images.keys())}")
-        return images[camera][row["offset"] + start : row["offset"] + stop]
+            raise StoreError(f"{self.url}: episode {row[layout.EPISODE_ID]} has no camera {camera!r}; has {list(images.keys())}")
+        return images[camera][row[layout.OFFSET] + start : row[layout.OFFSET] + stop]
 
     def partition_rows(self, row: dict) -> int:
         """Rows of the partition holding this episode (every array of it has this length)."""
@@ -204,11 +204,11 @@ class EpisodeStore:
 
     def read_frames_at(self, row: dict, camera: str, indices) -> np.ndarray:
         """uint8 (len(indices), H, W, 3): only the chunks holding those frames are read."""
-        return self._group(row)[layout.IMAGES_GROUP][camera].oindex[row["offset"] + np.asarray(indices)]
+        return self._group(row)[layout.IMAGES_GROUP][camera].oindex[row[layout.OFFSET] + np.asarray(indices)]
 
     def read_table(self, row: dict) -> EpisodeFrames:
         group = self._group(row)
-        rows = slice(row["offset"], row["offset"] + row["length"])
+        rows = slice(row[layout.OFFSET], row[layout.OFFSET] + row[layout.LENGTH])
         get = lambda name: group[name][rows] if name in group else None  # noqa: E731
         return EpisodeFrames(
             timestamp=get(layout.TIMESTAMP),
@@ -297,8 +297,8 @@ class PartitionWriter:
         attrs: dict | None = None,
     ):
         self.relative_path = relative_path
-        known = {"fps": float(fps)} if fps is not None else {}
-        group_attrs = {**(attrs or {}), **known, "format": layout.PARTITION_FORMAT, "schema_version": layout.STORE_SCHEMA_VERSION}
+        known = {layout.FPS: float(fps)} if fps is not None else {}
+        group_attrs = {**(attrs or {}), **known, **layout.PARTITION_ATTRS}
         self.group = open_zarr_group(url, mode="w", attributes=group_attrs)
         self.writes = ThreadPoolExecutor(1, thread_name_prefix="zarr-write")
         images = self.group.create_group(layout.IMAGES_GROUP)
@@ -318,7 +318,7 @@ class PartitionWriter:
                 compressors=IMAGE_CODEC,
                 fill_value=0,
                 dimension_names=layout.image_dims(camera),
-                attributes={**layout.IMAGE_ATTRIBUTES, "camera": camera, **known},
+                attributes={**layout.IMAGE_ATTRIBUTES, layout.ATTR_CAMERA: camera, **known},
             )
             self.cameras[camera] = _ShardedAppender(array, rows_per_shard, self.writes)
         self.state_dim, self.action_dim = state_dim, action_dim
@@ -355,21 +355,21 @@ class PartitionWriter:
             appender.array.resize((n, *appender.array.shape[1:]))
         self.writes.shutdown()
 
-        def column(name: str, dtype: str, width: int = 0) -> np.ndarray:
-            parts = [getattr(t, name) for t in self.tables]
+        def column(parts: list[np.ndarray], dtype: str, width: int = 0) -> np.ndarray:
             shape = (0, width) if width else (0,)
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
 
+        tables = self.tables
         arrays = {
-            layout.TIMESTAMP: column("timestamp", "float64"),
-            layout.FRAME_INDEX: column("frame_index", "int64"),
-            layout.SOURCE_INDEX: column("index", "int64"),
+            layout.TIMESTAMP: column([t.timestamp for t in tables], "float64"),
+            layout.FRAME_INDEX: column([t.frame_index for t in tables], "int64"),
+            layout.SOURCE_INDEX: column([t.index for t in tables], "int64"),
             layout.EPISODE_OFFSETS: np.asarray(self.offsets, dtype="int64"),
         }
         if self.state_dim:
-            arrays[layout.STATE] = column("state", "float32", self.state_dim)
+            arrays[layout.STATE] = column([t.state for t in tables], "float32", self.state_dim)
         if self.action_dim:
-            arrays[layout.ACTION] = column("action", "float32", self.action_dim)
+            arrays[layout.ACTION] = column([t.action for t in tables], "float32", self.action_dim)
         for name, values in arrays.items():
             chunks = (max(len(values), 1), *values.shape[1:])
             self.group.create_array(

@@ -139,10 +139,10 @@ def episode_summary(values: np.ndarray) -> dict:
     falling = float(np.mean(steps < -rate)) if len(steps) else 0.0
     final = float(v[-1])
     return {
-        "final_progress": final,
-        "max_progress": float(v.max()),
-        "monotonicity": expert_voc(v),
-        "flat_fraction": flat,
-        "falling_fraction": falling,
-        "quality": final * (1.0 - falling) * (1.0 - flat / 2.0),
+        spec.FINAL_PROGRESS: final,
+        spec.MAX_PROGRESS: float(v.max()),
+        spec.MONOTONICITY: expert_voc(v),
+        spec.FLAT_FRACTION: flat,
+        spec.FALLING_FRACTION: falling,
+        spec.QUALITY: final * (1.0 - falling) * (1.0 - flat / 2.0),
     }

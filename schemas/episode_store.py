@@ -25,6 +25,8 @@ manifest: a group found by walking the hierarchy may be an uncommitted attempt.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -85,46 +87,98 @@ FAILURES_FILE = "failures.parquet"
 FRAMES_PER_CHUNK = 4
 CHUNKS_PER_SHARD = 16
 
+# Column names of MANIFEST and FAILURES; the value-label tables (schemas/labels.py) reuse the
+# ones they share with these. Spell a column through these names, never as a string.
+EPISODE_ID = "episode_id"
+SOURCE_URI = "source_uri"
+SOURCE_EPISODE_INDEX = "source_episode_index"
+SOURCE_FORMAT = "source_format"
+TASK = "task"
+EMBODIMENT = "embodiment"
+FPS = "fps"
+LENGTH = "length"
+CAMERAS = "cameras"
+STATE_DIM = "state_dim"
+ACTION_DIM = "action_dim"
+FINGERPRINT = "fingerprint"
+PARTITION_ID = "partition_id"
+PARTITION_PATH = "partition_path"
+OFFSET = "offset"
+RUN_ID = "run_id"
+INGESTED_AT = "ingested_at"
+SCHEMA_VERSION = "schema_version"
+FILE = "file"  # FAILURES: the file the error is about
+STAGE = "stage"
+ERROR = "error"
+REASON = "reason"
+FAILED_AT = "failed_at"
+
+# Attribute keys of the Zarr groups and arrays (store root, partition groups, image arrays; the
+# labels directory uses the same). A partition group also carries SOURCE_URI, SOURCE_FORMAT,
+# EMBODIMENT, RUN_ID and FPS, named as the columns.
+ATTR_FORMAT = "format"
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_CAMERA = "camera"
+STORE_ATTRS = {ATTR_FORMAT: STORE_FORMAT, ATTR_SCHEMA_VERSION: STORE_SCHEMA_VERSION}  # of the root group
+PARTITION_ATTRS = {ATTR_FORMAT: PARTITION_FORMAT, ATTR_SCHEMA_VERSION: STORE_SCHEMA_VERSION}  # of a partition group
+
 MANIFEST = pa.schema(
     [
-        pa.field("episode_id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("source_episode_index", pa.int64(), nullable=False),
-        pa.field("source_format", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("embodiment", pa.string(), nullable=False),
-        pa.field("fps", pa.float64(), nullable=False),
-        pa.field("length", pa.int64(), nullable=False),
-        pa.field("cameras", pa.list_(pa.string()), nullable=False),
-        pa.field("state_dim", pa.int32(), nullable=False),
-        pa.field("action_dim", pa.int32(), nullable=False),
-        pa.field("fingerprint", pa.string(), nullable=False),
-        pa.field("partition_id", pa.string(), nullable=False),
-        pa.field("partition_path", pa.string(), nullable=False),
-        pa.field("offset", pa.int64(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field(EPISODE_ID, pa.string(), nullable=False),
+        pa.field(SOURCE_URI, pa.string(), nullable=False),
+        pa.field(SOURCE_EPISODE_INDEX, pa.int64(), nullable=False),
+        pa.field(SOURCE_FORMAT, pa.string(), nullable=False),
+        pa.field(TASK, pa.string(), nullable=False),
+        pa.field(EMBODIMENT, pa.string(), nullable=False),
+        pa.field(FPS, pa.float64(), nullable=False),
+        pa.field(LENGTH, pa.int64(), nullable=False),
+        pa.field(CAMERAS, pa.list_(pa.string()), nullable=False),
+        pa.field(STATE_DIM, pa.int32(), nullable=False),
+        pa.field(ACTION_DIM, pa.int32(), nullable=False),
+        pa.field(FINGERPRINT, pa.string(), nullable=False),
+        pa.field(PARTITION_ID, pa.string(), nullable=False),
+        pa.field(PARTITION_PATH, pa.string(), nullable=False),
+        pa.field(OFFSET, pa.int64(), nullable=False),
+        pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(INGESTED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(SCHEMA_VERSION, pa.int32(), nullable=False),
     ],
     metadata={"wvm.table": "manifest", "wvm.schema_version": str(STORE_SCHEMA_VERSION)},
 )
 
 FAILURES = pa.schema(
     [
-        pa.field("episode_id", pa.string(), nullable=False),
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("source_episode_index", pa.int64(), nullable=False),
-        pa.field("file", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("error", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("failed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(EPISODE_ID, pa.string(), nullable=False),
+        pa.field(SOURCE_URI, pa.string(), nullable=False),
+        pa.field(SOURCE_EPISODE_INDEX, pa.int64(), nullable=False),
+        pa.field(FILE, pa.string(), nullable=False),
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(FAILED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
     ],
     metadata={"wvm.table": "failures", "wvm.schema_version": str(STORE_SCHEMA_VERSION)},
 )
 
 
+# On-disk identities: EPISODE_ID values and partition ids (directory and file names of the store
+# and of the labels parts). Both are what existing stores hold, so neither formula may change: a
+# new episode id makes every stored episode look new (ingested and labelled again), a new
+# partition id makes a rerun plan other partitions than the crashed run it should finish.
+
+
+def _digest(text: str, length: int) -> str:
+    """The one hash behind our ids: the first `length` hex digits of SHA-1."""
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
 def episode_id(source_uri: str, episode_index: int) -> str:
     """Stable episode id: the same source location and episode index always give the same id."""
-    return hashlib.sha1(f"{source_uri}#{int(episode_index)}".encode()).hexdigest()[:20]
+    return _digest(f"{source_uri}#{int(episode_index)}", 20)
+
+
+def partition_id(members: Iterable[tuple[str, int, str]]) -> str:
+    """Stable partition id from its members' (source_uri, episode_index, fingerprint), in order:
+    a rerun after a crash plans the very same partitions, and new episodes land in new ones."""
+    return _digest(json.dumps([list(member) for member in members]), 16)

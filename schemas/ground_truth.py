@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.labels import EPISODE_INDEX, FRAME_INDEX  # keyed as the benchmark dataset's frames
+
+# Column names (besides EPISODE_INDEX and FRAME_INDEX).
+GT_PROGRESS = "gt_progress"
+KIND = "kind"
+ENV = "env"
+SEG_START = "seg_start"
+SEG_END = "seg_end"
+
 KINDS = ("expert", "hesitation", "retry", "failed")
 # Kinds whose episodes complete the task (the rest are failures, scored by Failure-AUROC).
 SUCCESS_KINDS = ("expert", "hesitation", "retry")
 
 GROUND_TRUTH = pa.schema(
     [
-        pa.field("episode_index", pa.int64(), nullable=False),
-        pa.field("frame_index", pa.int64(), nullable=False),
-        pa.field("gt_progress", pa.float64(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("env", pa.string(), nullable=False),
-        pa.field("seg_start", pa.int64(), nullable=False),
-        pa.field("seg_end", pa.int64(), nullable=False),
+        pa.field(EPISODE_INDEX, pa.int64(), nullable=False),
+        pa.field(FRAME_INDEX, pa.int64(), nullable=False),
+        pa.field(GT_PROGRESS, pa.float64(), nullable=False),
+        pa.field(KIND, pa.string(), nullable=False),
+        pa.field(ENV, pa.string(), nullable=False),
+        pa.field(SEG_START, pa.int64(), nullable=False),
+        pa.field(SEG_END, pa.int64(), nullable=False),
     ],
     metadata={"wvm.table": "ground_truth"},
 )

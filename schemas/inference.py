@@ -33,10 +33,23 @@ VALUES = "VALUES"
 OOD = "OOD"
 MODEL_VERSION = "MODEL_VERSION"
 
+# Parameters of the Triton model config (config.pbtxt `parameters`, string values). The .pbtxt
+# files spell them as text; Python code (model.py, `wvm serve`, the client) uses these names.
+PARAM_CHECKPOINT = "checkpoint"  # empty: the checkpoint shipped with wvm; relative paths: to the repository
+PARAM_DEVICE = "device"  # cpu | cuda (a GPU instance group overrides it with its device)
+PARAM_THREADS = "threads"  # torch CPU threads per instance; 0: torch's default
+PARAM_SAMPLES_PER_EPISODE = "samples_per_episode"  # request geometry N; checked against the checkpoint
+
 MAX_BATCH = 64  # episodes per request (config.pbtxt max_batch_size)
 MAX_SIDE = 1024  # pixels; frames are downscaled by the model anyway
 MIN_SIDE = 8
 MAX_TASK_BYTES = 1024
+
+
+def config_parameters(config: dict) -> dict[str, str]:
+    """The `parameters` of a model config in JSON form: {key: string value}. Triton hands the
+    Python backend `string_value`; the gRPC client's get_model_config(as_json=True) `stringValue`."""
+    return {k: v.get("stringValue", v.get("string_value")) for k, v in config.get("parameters", {}).items()}
 
 
 def format_model_version(version: str, checkpoint_hash: str) -> str:

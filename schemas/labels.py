@@ -29,7 +29,24 @@ import re
 
 import pyarrow as pa
 
-from schemas.episode_store import DIM_FRAME
+from schemas.episode_store import ATTR_CAMERA as ATTR_CAMERA  # the same attribute key here
+from schemas.episode_store import FAILURES_FILE as FAILURES_FILE  # a version's dead-letter table (FAILURES)
+from schemas.episode_store import (  # columns the label tables share with the episode store
+    ATTR_FORMAT,
+    ATTR_SCHEMA_VERSION,
+    DIM_FRAME,
+    EMBODIMENT,
+    EPISODE_ID,
+    FPS,
+    FRAME_INDEX,
+    LENGTH,
+    PARTITION_ID,
+    RUN_ID,
+    SOURCE_INDEX,
+    SOURCE_URI,
+    TASK,
+    TIMESTAMP,
+)
 
 LABELS_FORMAT = "wvm-labels"
 LABELS_SCHEMA_VERSION = 2  # 2: episodes carry ood_score and trusted (model v2)
@@ -48,9 +65,12 @@ SIDECAR_PARTS_DIR = "sidecar"
 EPISODES_FILE = "episodes.parquet"
 SIDECAR_FILE = "wvm_progress.parquet"
 
+ROOT_ATTRS = {ATTR_FORMAT: LABELS_FORMAT, ATTR_SCHEMA_VERSION: LABELS_SCHEMA_VERSION}  # ROOT_MARKER's and the root group's
+
 # The progress array: one row per frame of the episode-store partition, hence its dimension.
 PROGRESS_FORMAT = "wvm-labels-progress"  # attrs of the group holding one progress array
 PROGRESS_DIMS = (DIM_FRAME,)
+PROGRESS_GROUP_ATTRS = {ATTR_FORMAT: PROGRESS_FORMAT, ATTR_SCHEMA_VERSION: LABELS_SCHEMA_VERSION}
 PROGRESS_ATTRIBUTES = {"units": "progress in [0, 1]", "description": "predicted task progress V(t); NaN: not labelled"}
 
 # Policy-extraction defaults (REFERENCE §3).
@@ -86,25 +106,59 @@ HISTOGRAM_KEY = b"wvm.advantage_histogram"  # episodes part metadata: JSON Advan
 # per-frame progress of an ideal (linear) episode, falling when it drops by more than that.
 FLAT_RATE = 0.25
 
+# Column names of FRAMES, EPISODES and SIDECAR besides those imported above (EPISODE_ID, TASK,
+# FRAME_INDEX, SOURCE_INDEX = "index", ...: one name per column across all our tables).
+EPISODE_INDEX = "episode_index"  # the source's episode index (LeRobot's name, as the sidecar needs)
+PROGRESS = "progress"
+ADVANTAGE = "advantage"
+W_BINARY = "w_binary"
+W_TOP70 = "w_top70"
+W_AWR = "w_awr"
+WEIGHT_COLUMNS = (W_BINARY, W_TOP70, W_AWR)
+CAMERA = "camera"  # the camera the model labelled from
+FINAL_PROGRESS = "final_progress"
+MAX_PROGRESS = "max_progress"
+MONOTONICITY = "monotonicity"
+FLAT_FRACTION = "flat_fraction"
+FALLING_FRACTION = "falling_fraction"
+QUALITY = "quality"
+OOD_SCORE = "ood_score"
+TRUSTED = "trusted"
+PROGRESS_PATH = "progress_path"
+PROGRESS_OFFSET = "progress_offset"
+LABELLED_AT = "labelled_at"
+PROGRESS_SPARSE = "progress_sparse"
+# The stamps every FRAMES / EPISODES row carries; MODEL_VERSION and CHECKPOINT_HASH (and
+# CODE_VERSION) are also the keys of model.json they are copied from.
+MODEL_VERSION = "model_version"
+CHECKPOINT_HASH = "checkpoint_hash"
+CODE_VERSION = "code_version"
+SOURCE_FINGERPRINT = "source_fingerprint"
+MODEL_IDENTITY = (MODEL_VERSION, CHECKPOINT_HASH)  # what tells model versions apart
+# Other keys of model.json (with the stamps above) and of latest.json (with model.json's).
+CREATED_AT = "created_at"
+HORIZON = "advantage_horizon"
+LATEST_MODEL_KEY = "model_key"
+
 _STAMPS = [
-    pa.field("model_version", pa.string(), nullable=False),
-    pa.field("checkpoint_hash", pa.string(), nullable=False),
-    pa.field("code_version", pa.string(), nullable=False),
-    pa.field("source_fingerprint", pa.string(), nullable=False),
+    pa.field(MODEL_VERSION, pa.string(), nullable=False),
+    pa.field(CHECKPOINT_HASH, pa.string(), nullable=False),
+    pa.field(CODE_VERSION, pa.string(), nullable=False),
+    pa.field(SOURCE_FINGERPRINT, pa.string(), nullable=False),
 ]
 
 FRAMES = pa.schema(
     [
-        pa.field("episode_id", pa.string(), nullable=False),
-        pa.field("episode_index", pa.int64(), nullable=False),
-        pa.field("frame_index", pa.int64(), nullable=False),
-        pa.field("index", pa.int64(), nullable=False),  # the source's global frame index
-        pa.field("timestamp", pa.float64(), nullable=False),
-        pa.field("progress", pa.float32(), nullable=False),
-        pa.field("advantage", pa.float32(), nullable=False),
-        pa.field("w_binary", pa.float32(), nullable=False),
-        pa.field("w_top70", pa.float32(), nullable=False),
-        pa.field("w_awr", pa.float32(), nullable=False),
+        pa.field(EPISODE_ID, pa.string(), nullable=False),
+        pa.field(EPISODE_INDEX, pa.int64(), nullable=False),
+        pa.field(FRAME_INDEX, pa.int64(), nullable=False),
+        pa.field(SOURCE_INDEX, pa.int64(), nullable=False),  # the source's global frame index
+        pa.field(TIMESTAMP, pa.float64(), nullable=False),
+        pa.field(PROGRESS, pa.float32(), nullable=False),
+        pa.field(ADVANTAGE, pa.float32(), nullable=False),
+        pa.field(W_BINARY, pa.float32(), nullable=False),
+        pa.field(W_TOP70, pa.float32(), nullable=False),
+        pa.field(W_AWR, pa.float32(), nullable=False),
         *_STAMPS,
     ],
     metadata={"wvm.table": "frames", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
@@ -116,29 +170,29 @@ OOD_TRUST_LIMIT = 2.0
 
 EPISODES = pa.schema(
     [
-        pa.field("episode_id", pa.string(), nullable=False),
-        pa.field("episode_index", pa.int64(), nullable=False),
-        pa.field("source_uri", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("embodiment", pa.string(), nullable=False),
-        pa.field("camera", pa.string(), nullable=False),  # the camera the model labelled from
-        pa.field("length", pa.int64(), nullable=False),
-        pa.field("fps", pa.float64(), nullable=False),
-        pa.field("final_progress", pa.float32(), nullable=False),
-        pa.field("max_progress", pa.float32(), nullable=False),
-        pa.field("monotonicity", pa.float32(), nullable=False),
-        pa.field("flat_fraction", pa.float32(), nullable=False),
-        pa.field("falling_fraction", pa.float32(), nullable=False),
-        pa.field("quality", pa.float32(), nullable=False),
+        pa.field(EPISODE_ID, pa.string(), nullable=False),
+        pa.field(EPISODE_INDEX, pa.int64(), nullable=False),
+        pa.field(SOURCE_URI, pa.string(), nullable=False),
+        pa.field(TASK, pa.string(), nullable=False),
+        pa.field(EMBODIMENT, pa.string(), nullable=False),
+        pa.field(CAMERA, pa.string(), nullable=False),  # the camera the model labelled from
+        pa.field(LENGTH, pa.int64(), nullable=False),
+        pa.field(FPS, pa.float64(), nullable=False),
+        pa.field(FINAL_PROGRESS, pa.float32(), nullable=False),
+        pa.field(MAX_PROGRESS, pa.float32(), nullable=False),
+        pa.field(MONOTONICITY, pa.float32(), nullable=False),
+        pa.field(FLAT_FRACTION, pa.float32(), nullable=False),
+        pa.field(FALLING_FRACTION, pa.float32(), nullable=False),
+        pa.field(QUALITY, pa.float32(), nullable=False),
         # how unlike the model's training frames this episode's frames are (schemas/inference.py
         # OOD); above OOD_TRUST_LIMIT the labels are flagged as not to be trusted
-        pa.field("ood_score", pa.float32(), nullable=False),
-        pa.field("trusted", pa.bool_(), nullable=False),
-        pa.field("partition_id", pa.string(), nullable=False),
-        pa.field("progress_path", pa.string(), nullable=False),  # Zarr group of the progress array
-        pa.field("progress_offset", pa.int64(), nullable=False),  # first row of the episode there
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("labelled_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(OOD_SCORE, pa.float32(), nullable=False),
+        pa.field(TRUSTED, pa.bool_(), nullable=False),
+        pa.field(PARTITION_ID, pa.string(), nullable=False),
+        pa.field(PROGRESS_PATH, pa.string(), nullable=False),  # Zarr group of the progress array
+        pa.field(PROGRESS_OFFSET, pa.int64(), nullable=False),  # first row of the episode there
+        pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(LABELLED_AT, pa.timestamp("us", tz="UTC"), nullable=False),
         *_STAMPS,
     ],
     metadata={"wvm.table": "episodes", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
@@ -147,10 +201,10 @@ EPISODES = pa.schema(
 # Exactly the columns LeRobot's RA-BC sample weighting reads (REFERENCE §5).
 SIDECAR = pa.schema(
     [
-        pa.field("index", pa.int64(), nullable=False),
-        pa.field("episode_index", pa.int64(), nullable=False),
-        pa.field("frame_index", pa.int64(), nullable=False),
-        pa.field("progress_sparse", pa.float32(), nullable=False),
+        pa.field(SOURCE_INDEX, pa.int64(), nullable=False),
+        pa.field(EPISODE_INDEX, pa.int64(), nullable=False),
+        pa.field(FRAME_INDEX, pa.int64(), nullable=False),
+        pa.field(PROGRESS_SPARSE, pa.float32(), nullable=False),
     ]
 )
 

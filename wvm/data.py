@@ -12,6 +12,8 @@ import torch
 
 from pipelines import fs as fsx
 from pipelines.windows import sample_positions
+from schemas import episode_store as layout
+from schemas import ground_truth as gt
 from schemas.ground_truth import GROUND_TRUTH
 from schemas.validate import conform
 from wvm.metrics import ground_truth
@@ -38,18 +40,19 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
     labels = ground_truth_by_episode(labels_url) if labels_url else {}
     episodes = []
     for row in store.episodes().to_pylist():
-        cam = camera or row["cameras"][0]
+        cam = camera or row[layout.CAMERAS][0]
         frames = store.read_frames(row, cam)
-        label = labels.get(row["source_episode_index"])
+        index, length = row[layout.SOURCE_EPISODE_INDEX], row[layout.LENGTH]
+        label = labels.get(index)
         if label is not None:
-            if len(label) != row["length"]:
-                raise ValueError(f"{labels_url}: episode {row['source_episode_index']} has {len(label)} labels for {row['length']} frames")
-            kind = str(label["kind"].iloc[0])
-            values = ground_truth(row["length"], kind, int(label["seg_start"].iloc[0]), int(label["seg_end"].iloc[0]))
+            if len(label) != length:
+                raise ValueError(f"{labels_url}: episode {index} has {len(label)} labels for {length} frames")
+            kind = str(label[gt.KIND].iloc[0])
+            values = ground_truth(length, kind, int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0]))
         else:
-            kind, values = "expert", ground_truth(row["length"], "expert")
+            kind, values = "expert", ground_truth(length, "expert")
         episodes.append(
-            TrainingEpisode(frames, values.astype(np.float32), row["task"], kind, row["fps"], f"{store_url}#{row['source_episode_index']}")
+            TrainingEpisode(frames, values.astype(np.float32), row[layout.TASK], kind, row[layout.FPS], f"{store_url}#{index}")
         )
     log.info("loaded %d episodes (%d frames) from %s", len(episodes), sum(len(e.values) for e in episodes), store_url)
     return episodes
@@ -59,7 +62,7 @@ def ground_truth_by_episode(labels_url: str) -> dict:
     """A ground-truth labels table (schemas.ground_truth), split per episode, frames in order."""
     fs, path = fsx.filesystem(labels_url)
     table = conform(fsx.read_parquet(fs, path), GROUND_TRUTH, labels_url).to_pandas()
-    return {int(i): g.sort_values("frame_index") for i, g in table.groupby("episode_index")}
+    return {int(i): g.sort_values(gt.FRAME_INDEX) for i, g in table.groupby(gt.EPISODE_INDEX)}
 
 
 def edit_episode(length: int, rng: np.random.Generator) -> tuple[np.ndarray, str, int, int]:

@@ -14,6 +14,8 @@ import numpy as np
 from pipelines.sources import open_source
 from pipelines.weights import episode_summary
 from pipelines.windows import EpisodeChain, label_episodes
+from schemas import ground_truth as gt
+from schemas import labels as spec
 from schemas.ground_truth import KINDS, LABELS_SUFFIX, SUCCESS_KINDS
 from wvm.data import ground_truth_by_episode
 from wvm.handlers import ValueModelHandler
@@ -61,7 +63,7 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
         if label is None:
             kind, m, n = "expert", -1, -1
         else:
-            kind, m, n = str(label["kind"].iloc[0]), int(label["seg_start"].iloc[0]), int(label["seg_end"].iloc[0])
+            kind, m, n = str(label[gt.KIND].iloc[0]), int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0])
             if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no formula to score against
                 continue
         table = source.read_frames(episode)
@@ -90,7 +92,7 @@ def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> d
         if scored:
             per_metric[scored[0]].append(scored[1])
     results = {m: float(np.mean(v)) if v else float("nan") for m, v in per_metric.items()}
-    quality = [episode_summary(predictions[e.index])["quality"] for e in episodes]
+    quality = [episode_summary(predictions[e.index])[spec.QUALITY] for e in episodes]
     results["failure_auroc"] = failure_auroc(np.array(quality), np.array([e.kind in SUCCESS_KINDS for e in episodes]))
     return results
 

@@ -7,15 +7,14 @@ to READERS. Nothing outside this package knows a format's files.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipelines import fs as fsx
 from pipelines.errors import DatasetError
 from pipelines.sources.base import DEFAULT_TOLERANCE_S, EpisodeContext, EpisodeFrames, Source, SourceEpisode
+from schemas import episode_store as layout
 
 __all__ = ["DEFAULT_TOLERANCE_S", "EpisodeContext", "EpisodeFrames", "Partition", "Source", "SourceEpisode", "open_source", "plan_partitions"]
 
@@ -77,8 +76,8 @@ def plan_partitions(
 
     Partitions are the source's own row blocks when it has them (Source.row_layout), else fixed
     blocks of the episode order (about `partition_frames` frames each); either way minus what is
-    done. A partition's id hashes its members, so a rerun after a crash plans the very same
-    partitions and new episodes land in new ones.
+    done. A partition's id hashes its members (schemas.episode_store.partition_id), so a rerun
+    after a crash plans the very same partitions and new episodes land in new ones.
     """
     blocks: list[list[SourceEpisode]] = []
     layouts = [source.row_layout(e) for e in episodes] if source is not None else [None] * len(episodes)
@@ -100,7 +99,6 @@ def plan_partitions(
         todo = [e for e in block if not done(e)]
         already += len(block) - len(todo)
         if todo:
-            members = [(e.source_uri, e.index, e.fingerprint) for e in todo]
-            pid = hashlib.sha1(json.dumps(members).encode()).hexdigest()[:16]
+            pid = layout.partition_id((e.source_uri, e.index, e.fingerprint) for e in todo)
             partitions.append(Partition(pid, tuple(todo)))
     return partitions, already

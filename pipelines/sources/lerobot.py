@@ -38,6 +38,18 @@ os.environ.setdefault("SVT_LOG", "1")
 SUPPORTED_VERSIONS = ("v2.0", "v2.1", "v3.0")
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+# LeRobot's own names (its format: this module owns them). Our tables reuse some on purpose
+# (schemas/episode_store.py, schemas/labels.py), but those are ours and may change; these may not.
+TIMESTAMP = "timestamp"  # data files: seconds from the episode start
+FRAME_INDEX = "frame_index"
+EPISODE_INDEX = "episode_index"  # data files and episode metadata
+INDEX = "index"  # data files: the dataset-wide frame index
+TASK_INDEX = "task_index"
+TASK = "task"  # meta/tasks
+TASKS = "tasks"  # episode metadata: the episode's task texts
+LENGTH = "length"  # episode metadata: frames
+FPS = "fps"  # meta/info.json
+FRAME_COLUMNS = (TIMESTAMP, FRAME_INDEX, EPISODE_INDEX, INDEX)  # what every data file has
 _FEATURE_KEYS = {"state": STATE_KEY, "action": ACTION_KEY}
 
 
@@ -93,10 +105,10 @@ class LeRobotSource(Source):
                 f"unsupported LeRobot codebase_version {self.version!r}; supported: {', '.join(SUPPORTED_VERSIONS)}",
                 file=info_path,
             )
-        for key in ("fps", "features", "data_path"):
+        for key in (FPS, "features", "data_path"):
             if key not in self.info:
                 raise DatasetError(f"meta/info.json has no {key!r}", file=info_path)
-        self.fps = float(self.info["fps"])
+        self.fps = float(self.info[FPS])
         self.embodiment = str(self.info.get("robot_type") or "unknown")
         self.features: dict = self.info["features"]
         self.cameras = [k for k, f in self.features.items() if f.get("dtype") == "video"]
@@ -132,11 +144,11 @@ class LeRobotSource(Source):
             path = self._path("meta/tasks.parquet")
             table = self._read_meta_parquet(path)
             frame = table.to_pandas()
-            if "task" in frame.columns:
-                return dict(zip(frame["task_index"].astype(int), frame["task"].astype(str)))
-            return {int(i): str(task) for task, i in zip(frame.index, frame["task_index"])}
+            if TASK in frame.columns:
+                return dict(zip(frame[TASK_INDEX].astype(int), frame[TASK].astype(str)))
+            return {int(i): str(task) for task, i in zip(frame.index, frame[TASK_INDEX])}
         rows = self._read_jsonl(self._path("meta/tasks.jsonl"))
-        return {int(r["task_index"]): str(r["task"]) for r in rows}
+        return {int(r[TASK_INDEX]): str(r[TASK]) for r in rows}
 
     def _read_meta_parquet(self, path: str) -> pa.Table:
         try:
@@ -170,17 +182,17 @@ class LeRobotSource(Source):
         tasks = self._tasks()
         tokens = {**self._file_tokens("data"), **self._file_tokens("videos")}
         records = self._episode_records()
-        counts = Counter(int(r["episode_index"]) for r in records)
+        counts = Counter(int(r[EPISODE_INDEX]) for r in records)
         if repeated := sorted(i for i, n in counts.items() if n > 1):
             # which record is right cannot be told: refuse rather than keep one silently
             raise DatasetError(f"episode index(es) {repeated[:10]} appear more than once in the episode metadata", file=self._path("meta"))
         episodes = []
         for record in records:
-            index = int(record["episode_index"])
+            index = int(record[EPISODE_INDEX])
             data_path, videos = self._locate(record, index)
-            task_names = record.get("tasks")
+            task_names = record.get(TASKS)
             if task_names is None or len(task_names) == 0:
-                task_names = [tasks.get(int(record.get("task_index", 0)), "")]
+                task_names = [tasks.get(int(record.get(TASK_INDEX, 0)), "")]
             task = " | ".join(str(t) for t in task_names)
             files = [data_path, *(v.path for v in videos.values())]
             fingerprint = hashlib.sha256(
@@ -198,7 +210,7 @@ class LeRobotSource(Source):
                 SourceEpisode(
                     source_uri=self.uri,
                     index=index,
-                    length=int(record["length"]),
+                    length=int(record[LENGTH]),
                     task=task,
                     fingerprint=fingerprint,
                     file=data_path,
@@ -220,9 +232,9 @@ class LeRobotSource(Source):
         records = self._read_jsonl(self._path("meta/episodes.jsonl"))
         stats_path = self._path("meta/episodes_stats.jsonl")
         if self.version == "v2.1" and self.fs.exists(stats_path):
-            stats = {int(r["episode_index"]): r.get("stats") for r in self._read_jsonl(stats_path)}
+            stats = {int(r[EPISODE_INDEX]): r.get("stats") for r in self._read_jsonl(stats_path)}
             for record in records:
-                record["stats"] = stats.get(int(record["episode_index"]))
+                record["stats"] = stats.get(int(record[EPISODE_INDEX]))
         return records
 
     def _inside(self, relative: str, template: str) -> str:
@@ -267,7 +279,7 @@ class LeRobotSource(Source):
         if not episode.task.strip():
             tasks_file = "meta/tasks.parquet" if self.version == "v3.0" else "meta/tasks.jsonl"
             raise EpisodeError("episode has no task text (the value model reads it)", file=self._path(tasks_file), episode=episode.index)
-        columns = ["timestamp", "frame_index", "episode_index", "index"]
+        columns = list(FRAME_COLUMNS)
         vectors = [k for k in (STATE_KEY, ACTION_KEY) if k in self.features]
         try:
             with self.fs.open(path, "rb") as f:
@@ -277,7 +289,7 @@ class LeRobotSource(Source):
                 if missing:
                     raise EpisodeError(f"data file lacks column(s) {missing}", file=path, episode=episode.index)
                 # v3 files hold many episodes: let row-group statistics skip the others.
-                filters = [("episode_index", "=", episode.index)] if self.version == "v3.0" else None
+                filters = [(EPISODE_INDEX, "=", episode.index)] if self.version == "v3.0" else None
                 f.seek(0)
                 table = pq.read_table(f, columns=columns + vectors, filters=filters)
         except FileNotFoundError:
@@ -292,11 +304,11 @@ class LeRobotSource(Source):
                 file=path,
                 episode=episode.index,
             )
-        table = table.sort_by("frame_index")
+        table = table.sort_by(FRAME_INDEX)
         frames = EpisodeFrames(
-            timestamp=table.column("timestamp").to_numpy().astype(np.float64),
-            frame_index=table.column("frame_index").to_numpy().astype(np.int64),
-            index=table.column("index").to_numpy().astype(np.int64),
+            timestamp=table.column(TIMESTAMP).to_numpy().astype(np.float64),
+            frame_index=table.column(FRAME_INDEX).to_numpy().astype(np.int64),
+            index=table.column(INDEX).to_numpy().astype(np.int64),
         )
         if not np.array_equal(frames.frame_index, np.arange(len(frames))):
             raise EpisodeError("frame_index is not 0..N-1 without gaps", file=path, episode=episode.index)
@@ -437,9 +449,9 @@ class LeRobotV3Writer:
                 self._close_video(camera)
         task_index = self._tasks.setdefault(task, len(self._tasks))
         record = {
-            "episode_index": index,
-            "tasks": [task],
-            "length": length,
+            EPISODE_INDEX: index,
+            TASKS: [task],
+            LENGTH: length,
             "data/chunk_index": 0,
             "data/file_index": self._file_index,
             "dataset_from_index": self._frames_total,
@@ -468,11 +480,11 @@ class LeRobotV3Writer:
                 {
                     STATE_KEY: _fixed_list(state),
                     ACTION_KEY: _fixed_list(action),
-                    "timestamp": pa.array(np.arange(length, dtype=np.float32) / np.float32(self.fps)),
-                    "frame_index": pa.array(np.arange(length, dtype=np.int64)),
-                    "episode_index": pa.array(np.full(length, index, dtype=np.int64)),
-                    "index": pa.array(np.arange(self._frames_total, self._frames_total + length, dtype=np.int64)),
-                    "task_index": pa.array(np.full(length, task_index, dtype=np.int64)),
+                    TIMESTAMP: pa.array(np.arange(length, dtype=np.float32) / np.float32(self.fps)),
+                    FRAME_INDEX: pa.array(np.arange(length, dtype=np.int64)),
+                    EPISODE_INDEX: pa.array(np.full(length, index, dtype=np.int64)),
+                    INDEX: pa.array(np.arange(self._frames_total, self._frames_total + length, dtype=np.int64)),
+                    TASK_INDEX: pa.array(np.full(length, task_index, dtype=np.int64)),
                 }
             )
         )
@@ -493,7 +505,7 @@ class LeRobotV3Writer:
             pq.write_table(pa.concat_tables(tables), path)
         os.makedirs(os.path.join(self.root, "meta/episodes/chunk-000"), exist_ok=True)
         pq.write_table(pa.Table.from_pylist(self._episodes), os.path.join(self.root, "meta/episodes/chunk-000/file-000.parquet"))
-        tasks = pd.DataFrame({"task_index": list(self._tasks.values())}, index=list(self._tasks.keys()))
+        tasks = pd.DataFrame({TASK_INDEX: list(self._tasks.values())}, index=list(self._tasks.keys()))
         tasks.to_parquet(os.path.join(self.root, "meta/tasks.parquet"))
         all_rows = pa.concat_tables(self._rows)
         stats = {key: _vector_stats(all_rows.column(key)) for key in (STATE_KEY, ACTION_KEY)}
@@ -525,11 +537,13 @@ class LeRobotV3Writer:
         features[STATE_KEY] = {"dtype": "float32", "shape": [self.state_dim], "names": None}
         features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim], "names": None}
         features.update(
-            timestamp=scalar("float32"),
-            frame_index=scalar("int64"),
-            episode_index=scalar("int64"),
-            index=scalar("int64"),
-            task_index=scalar("int64"),
+            {
+                TIMESTAMP: scalar("float32"),
+                FRAME_INDEX: scalar("int64"),
+                EPISODE_INDEX: scalar("int64"),
+                INDEX: scalar("int64"),
+                TASK_INDEX: scalar("int64"),
+            }
         )
         return {
             "codebase_version": "v3.0",
@@ -540,7 +554,7 @@ class LeRobotV3Writer:
             "chunks_size": 1000,
             "data_files_size_in_mb": 100,
             "video_files_size_in_mb": 200,
-            "fps": self.fps,
+            FPS: self.fps,
             "splits": {"train": f"0:{len(self._episodes)}"},
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",

@@ -59,6 +59,16 @@ FORMAT = "wvm-raw"
 VERSION = 1
 INFO_FILE = "wvm_raw.json"
 FRAMES_FILE = "frames.parquet"
+EPISODE_FILE = "episode.json"
+# Key and column names of this format (module docstring); this module owns them, though some
+# read like our own columns (schemas/episode_store.py).
+FPS = "fps"  # wvm_raw.json and episode.json
+CAMERAS = "cameras"  # wvm_raw.json
+ROBOT_TYPE = "robot_type"  # wvm_raw.json
+TASK = "task"  # episode.json
+TIMESTAMP = "timestamp"  # frames.parquet
+STATE = "state"  # frames.parquet
+ACTION = "action"  # frames.parquet
 
 
 @dataclass(frozen=True)
@@ -102,12 +112,12 @@ class RawSource(Source):
             raise DatasetError(f'{INFO_FILE} must be an object with "format": "{FORMAT}"', file=info_path)
         if info.get("version") != VERSION:
             raise DatasetError(f"unsupported {FORMAT} version {info.get('version')!r}; supported: {VERSION}", file=info_path)
-        cameras = info.get("cameras")
+        cameras = info.get(CAMERAS)
         if not isinstance(cameras, list) or not cameras or len(set(map(str, cameras))) != len(cameras) or not all(map(_file_name, cameras)):
-            raise DatasetError('"cameras" must be a non-empty list of distinct names (each a file name)', file=info_path)
-        self.fps = _positive(info.get("fps"), '"fps"', info_path)
+            raise DatasetError(f'"{CAMERAS}" must be a non-empty list of distinct names (each a file name)', file=info_path)
+        self.fps = _positive(info.get(FPS), f'"{FPS}"', info_path)
         self.version = str(VERSION)
-        self.embodiment = str(info.get("robot_type") or "unknown")
+        self.embodiment = str(info.get(ROBOT_TYPE) or "unknown")
         self.cameras = cameras
         self._shapes: dict[str, tuple[int, int]] = {}
         self._dims: dict[str, int] = {}
@@ -174,19 +184,19 @@ class RawSource(Source):
             content = {"dir": directory.rsplit("/", 1)[-1], "files": {p[len(directory) :]: t for p, t in files.items()}, "fps": fps}
             fingerprint = hashlib.sha256(json.dumps({**content, "options": decode_options}, sort_keys=True).encode()).hexdigest()[:32]
             locator = RawEpisode(directory, fps, videos, frames, problem)
-            episodes.append(SourceEpisode(self.uri, index, length, task, fingerprint, frames or f"{directory}/episode.json", locator=locator))
+            episodes.append(SourceEpisode(self.uri, index, length, task, fingerprint, frames or f"{directory}/{EPISODE_FILE}", locator=locator))
         return episodes
 
     def _episode_json(self, directory: str) -> tuple[str, float, str]:
         """(task, fps, problem) from an episode.json; a bad one is that episode's problem."""
-        path = f"{directory}/episode.json"
+        path = f"{directory}/{EPISODE_FILE}"
         try:
             with self.fs.open(path, "rb") as f:
                 meta = json.load(f)
             if not isinstance(meta, dict):
                 raise ValueError("it is not a JSON object")
-            fps = _positive(meta.get("fps", self.fps), '"fps"', path)
-            return str(meta.get("task") or "").strip(), fps, ""
+            fps = _positive(meta.get(FPS, self.fps), f'"{FPS}"', path)
+            return str(meta.get(TASK) or "").strip(), fps, ""
         except FileNotFoundError:
             return "", self.fps, f"{path} is missing"
         except (ValueError, UnicodeDecodeError, DatasetError) as exc:  # JSONDecodeError is a ValueError
@@ -218,7 +228,7 @@ class RawSource(Source):
         if ep.problem:
             raise fail(ep.problem)
         if not episode.task:
-            raise fail("episode has no task text (the value model reads it)", f"{ep.directory}/episode.json")
+            raise fail("episode has no task text (the value model reads it)", f"{ep.directory}/{EPISODE_FILE}")
         if missing := [c for c in self.cameras if c not in ep.videos]:
             raise fail(f"video file for camera {missing[0]!r} is missing", f"{ep.directory}/{missing[0]}.mp4")
         if episode.length == 0:
@@ -234,11 +244,11 @@ class RawSource(Source):
             raise fail(f"{FRAMES_FILE} is not valid parquet: {exc}") from None
         if table.num_rows != episode.length:
             raise fail(f"{FRAMES_FILE} has {table.num_rows} rows but listing found {episode.length} (the file changed)")
-        if "timestamp" in table.column_names:
-            ts = frames.timestamp = table.column("timestamp").to_numpy().astype(np.float64)
+        if TIMESTAMP in table.column_names:
+            ts = frames.timestamp = table.column(TIMESTAMP).to_numpy().astype(np.float64)
             if problem := timestamp_problem(ts, ep.fps):
                 raise fail(problem)
-        for key in ("state", "action"):
+        for key in (STATE, ACTION):
             if key in table.column_names:
                 column, dim = table.column(key), self.feature_dim(key)
                 lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
@@ -293,7 +303,7 @@ def write_raw_dataset_info(root: str | os.PathLike, robot_type: str, fps: float,
     """Create a wvm-raw dataset folder (or rewrite its wvm_raw.json)."""
     root = Path(root)
     (root / "episodes").mkdir(parents=True, exist_ok=True)
-    info = {"format": FORMAT, "version": VERSION, "robot_type": robot_type, "fps": fps, "cameras": list(cameras)}
+    info = {"format": FORMAT, "version": VERSION, ROBOT_TYPE: robot_type, FPS: fps, CAMERAS: list(cameras)}
     (root / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return root
 
@@ -316,7 +326,7 @@ def write_raw_episode(
     (length,) = lengths
     directory = Path(root) / "episodes" / name
     directory.mkdir(parents=True, exist_ok=False)
-    (directory / "episode.json").write_text(json.dumps({"task": task, "fps": fps}) + "\n")
+    (directory / EPISODE_FILE).write_text(json.dumps({TASK: task, FPS: fps}) + "\n")
     rate = Fraction(fps).limit_denominator(100_000)
     for camera, frames in frames_by_camera.items():
         frames = np.asarray(frames)
@@ -333,8 +343,8 @@ def write_raw_episode(
                 container.mux(stream.encode(video_frame))
             container.mux(stream.encode())
     if state is not None or action is not None:
-        columns = {"timestamp": pa.array(np.arange(length, dtype=np.float64) / fps)}
-        for key, values in (("state", state), ("action", action)):
+        columns = {TIMESTAMP: pa.array(np.arange(length, dtype=np.float64) / fps)}
+        for key, values in ((STATE, state), (ACTION, action)):
             if values is not None:
                 values = np.asarray(values, dtype=np.float32)
                 if len(values) != length:

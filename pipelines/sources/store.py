@@ -20,7 +20,7 @@ class StoreSource(Source):
     @classmethod
     def detect(cls, url: str) -> bool:
         try:
-            return dict(open_zarr_group(url, mode="r").attrs).get("format") == layout.STORE_FORMAT
+            return dict(open_zarr_group(url, mode="r").attrs).get(layout.ATTR_FORMAT) == layout.STORE_FORMAT
         except Exception:  # no group here: not this format
             return False
 
@@ -33,35 +33,38 @@ class StoreSource(Source):
         # is its row count, known from the manifest without opening any array
         self._partition_rows: dict[str, int] = {}
         for r in self._rows:
-            end = int(r["offset"]) + int(r["length"])
-            self._partition_rows[r["partition_path"]] = max(self._partition_rows.get(r["partition_path"], 0), end)
+            end = int(r[layout.OFFSET]) + int(r[layout.LENGTH])
+            path = r[layout.PARTITION_PATH]
+            self._partition_rows[path] = max(self._partition_rows.get(path, 0), end)
         # dataset-wide values are those of the first episode; per-episode ones come from context()
-        first = self._rows[0] if self._rows else {"fps": 0.0, "embodiment": "unknown", "cameras": []}
-        self.fps, self.embodiment, self.cameras = float(first["fps"]), first["embodiment"], list(first["cameras"])
+        first = self._rows[0] if self._rows else {layout.FPS: 0.0, layout.EMBODIMENT: "unknown", layout.CAMERAS: []}
+        self.fps, self.embodiment, self.cameras = float(first[layout.FPS]), first[layout.EMBODIMENT], list(first[layout.CAMERAS])
 
     def camera_shape(self, camera: str) -> tuple[int, int]:
-        row = next(r for r in self._rows if camera in r["cameras"])
+        row = next(r for r in self._rows if camera in r[layout.CAMERAS])
         return tuple(self.store.read_frames(row, camera, 0, 1).shape[1:3])
 
     def feature_dim(self, key: str) -> int:
-        return max((int(r[f"{key}_dim"]) for r in self._rows), default=0)
+        column = {"state": layout.STATE_DIM, "action": layout.ACTION_DIM}[key]
+        return max((int(r[column]) for r in self._rows), default=0)
 
     def episodes(self, *, decode_options: str = "") -> list[SourceEpisode]:
         # the stored fingerprint already names the source data and how it was decoded
         return [
-            SourceEpisode(r["source_uri"], r["source_episode_index"], r["length"], r["task"], r["fingerprint"],
-                          fsx.join(self.store.url, r["partition_path"]), locator=r)
+            SourceEpisode(r[layout.SOURCE_URI], r[layout.SOURCE_EPISODE_INDEX], r[layout.LENGTH], r[layout.TASK], r[layout.FINGERPRINT],
+                          fsx.join(self.store.url, r[layout.PARTITION_PATH]), locator=r)
             for r in self._rows
         ]  # fmt: skip
 
     def context(self, episode: SourceEpisode) -> EpisodeContext:
         row = episode.locator
-        source_format = row["source_format"]
-        return EpisodeContext(row["fps"], row["embodiment"], tuple(row["cameras"]), source_format, source_format.startswith("lerobot/"))
+        source_format = row[layout.SOURCE_FORMAT]
+        return EpisodeContext(row[layout.FPS], row[layout.EMBODIMENT], tuple(row[layout.CAMERAS]), source_format, source_format.startswith("lerobot/"))
 
     def row_layout(self, episode: SourceEpisode) -> tuple[str, int, int]:
         row = episode.locator
-        return row["partition_path"], int(row["offset"]), self._partition_rows[row["partition_path"]]
+        path = row[layout.PARTITION_PATH]
+        return path, int(row[layout.OFFSET]), self._partition_rows[path]
 
     def read_frames(self, episode: SourceEpisode) -> EpisodeFrames:
         return self.store.read_table(episode.locator)

@@ -62,15 +62,15 @@ class PartitionTask(Protocol):
 def failure_record(source_uri: str, episode_index: int, *, file: str, stage: str, error: str, reason: str, run_id: str) -> dict:
     """One row of a dead-letter table (schemas.episode_store.FAILURES)."""
     return {
-        "episode_id": layout.episode_id(source_uri, episode_index),
-        "source_uri": source_uri,
-        "source_episode_index": episode_index,
-        "file": file,
-        "stage": stage,
-        "error": error,
-        "reason": reason,
-        "run_id": run_id,
-        "failed_at": utcnow(),
+        layout.EPISODE_ID: layout.episode_id(source_uri, episode_index),
+        layout.SOURCE_URI: source_uri,
+        layout.SOURCE_EPISODE_INDEX: episode_index,
+        layout.FILE: file,
+        layout.STAGE: stage,
+        layout.ERROR: error,
+        layout.REASON: reason,
+        layout.RUN_ID: run_id,
+        layout.FAILED_AT: utcnow(),
     }
 
 

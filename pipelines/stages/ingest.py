@@ -84,7 +84,12 @@ class IngestPartition(Stage[Partition, PartitionResult]):
             action_dim=action_dim,
             capacity=sum(e.length for e in task.episodes),
             fps=source.fps,
-            attrs={"source_uri": source.uri, "source_format": source.source_format, "embodiment": source.embodiment, "run_id": self.run_id},
+            attrs={
+                layout.SOURCE_URI: source.uri,
+                layout.SOURCE_FORMAT: source.source_format,
+                layout.EMBODIMENT: source.embodiment,
+                layout.RUN_ID: self.run_id,
+            },
         )
         rows, failures = [], []
         for episode in task.episodes:
@@ -98,24 +103,24 @@ class IngestPartition(Stage[Partition, PartitionResult]):
                 continue
             rows.append(
                 {
-                    "episode_id": layout.episode_id(episode.source_uri, episode.index),
-                    "source_uri": episode.source_uri,
-                    "source_episode_index": episode.index,
-                    "source_format": source.source_format,
-                    "task": episode.task,
-                    "embodiment": source.embodiment,
-                    "fps": source.fps,
-                    "length": episode.length,
-                    "cameras": self._cameras,
-                    "state_dim": state_dim,
-                    "action_dim": action_dim,
-                    "fingerprint": episode.fingerprint,
-                    "partition_id": task.partition_id,
-                    "partition_path": writer.relative_path,
-                    "offset": offset,
-                    "run_id": self.run_id,
-                    "ingested_at": utcnow(),
-                    "schema_version": layout.STORE_SCHEMA_VERSION,
+                    layout.EPISODE_ID: layout.episode_id(episode.source_uri, episode.index),
+                    layout.SOURCE_URI: episode.source_uri,
+                    layout.SOURCE_EPISODE_INDEX: episode.index,
+                    layout.SOURCE_FORMAT: source.source_format,
+                    layout.TASK: episode.task,
+                    layout.EMBODIMENT: source.embodiment,
+                    layout.FPS: source.fps,
+                    layout.LENGTH: episode.length,
+                    layout.CAMERAS: self._cameras,
+                    layout.STATE_DIM: state_dim,
+                    layout.ACTION_DIM: action_dim,
+                    layout.FINGERPRINT: episode.fingerprint,
+                    layout.PARTITION_ID: task.partition_id,
+                    layout.PARTITION_PATH: writer.relative_path,
+                    layout.OFFSET: offset,
+                    layout.RUN_ID: self.run_id,
+                    layout.INGESTED_AT: utcnow(),
+                    layout.SCHEMA_VERSION: layout.STORE_SCHEMA_VERSION,
                 }
             )
         writer.finish()

@@ -82,13 +82,13 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
         self._labels = LabelsStore(self.dst_url).version(self.model_key)
         info = self._labels.model_info()
         # Every answer must come from the model this run labels with (a server may be redeployed).
-        pinned = replace(self.model, expected_version=self.model.expected_version or f"{info['model_version']}@{info['checkpoint_hash']}")
+        pinned = replace(self.model, expected_version=self.model.expected_version or f"{info[spec.MODEL_VERSION]}@{info[spec.CHECKPOINT_HASH]}")
         self._handler: ValueModelHandler = pinned.handler()
         self._handler.load()
-        if (self._handler.version, self._handler.checkpoint_hash) != (info["model_version"], info["checkpoint_hash"]):
+        if (self._handler.version, self._handler.checkpoint_hash) != (info[spec.MODEL_VERSION], info[spec.CHECKPOINT_HASH]):
             raise WvmError(
                 f"model {self._handler.version}@{self._handler.checkpoint_hash} is not the one this run labels with "
-                f"({info['model_version']}@{info['checkpoint_hash']})"
+                f"({info[spec.MODEL_VERSION]}@{info[spec.CHECKPOINT_HASH]})"
             )
 
     def close(self) -> None:
@@ -141,31 +141,31 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
         by_id = {e.episode_id: e for e in task.episodes}
         frames, sidecar, episodes, progress = [], [], [], []
         stamps = {
-            "model_version": self._handler.version,
-            "checkpoint_hash": self._handler.checkpoint_hash,
-            "code_version": self.code_version,
+            spec.MODEL_VERSION: self._handler.version,
+            spec.CHECKPOINT_HASH: self._handler.checkpoint_hash,
+            spec.CODE_VERSION: self.code_version,
         }
         for chain in chains:
             episode, table = by_id[chain.key], tables[chain.key]
             values = chain.frame_values()
             advantage = chunk_advantage(values, self.advantage_horizon)
             n = len(values)
-            stamp_columns = {k: [v] * n for k, v in stamps.items()} | {"source_fingerprint": [episode.fingerprint] * n}
+            stamp_columns = {k: [v] * n for k, v in stamps.items()} | {spec.SOURCE_FINGERPRINT: [episode.fingerprint] * n}
             frames.append(
                 pa.table(
                     {
-                        "episode_id": [episode.episode_id] * n,
-                        "episode_index": np.full(n, episode.episode_index, np.int64),
-                        "frame_index": table.frame_index,
-                        "index": table.index,
-                        "timestamp": table.timestamp,
-                        "progress": values,
-                        "advantage": advantage,
-                        "w_binary": binary_weights(advantage),
+                        spec.EPISODE_ID: [episode.episode_id] * n,
+                        spec.EPISODE_INDEX: np.full(n, episode.episode_index, np.int64),
+                        spec.FRAME_INDEX: table.frame_index,
+                        spec.SOURCE_INDEX: table.index,
+                        spec.TIMESTAMP: table.timestamp,
+                        spec.PROGRESS: values,
+                        spec.ADVANTAGE: advantage,
+                        spec.W_BINARY: binary_weights(advantage),
                         # provisional: set below to the partition's own cut, then `finalize`
                         # applies the dataset-level cut after the run
-                        "w_top70": binary_weights(advantage),
-                        "w_awr": awr_weights(advantage),
+                        spec.W_TOP70: binary_weights(advantage),
+                        spec.W_AWR: awr_weights(advantage),
                         **stamp_columns,
                     }
                 )
@@ -174,50 +174,50 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
                 sidecar.append(
                     pa.table(
                         {
-                            "index": table.index,
-                            "episode_index": np.full(n, episode.episode_index, np.int64),
-                            "frame_index": table.frame_index,
-                            "progress_sparse": values,
+                            spec.SOURCE_INDEX: table.index,
+                            spec.EPISODE_INDEX: np.full(n, episode.episode_index, np.int64),
+                            spec.FRAME_INDEX: table.frame_index,
+                            spec.PROGRESS_SPARSE: values,
                         }
                     )
                 )
             progress.append((episode.offset, values))
             episodes.append(
                 {
-                    "episode_id": episode.episode_id,
-                    "episode_index": episode.episode_index,
-                    "source_uri": episode.source_uri,
-                    "task": episode.task,
-                    "embodiment": episode.embodiment,
-                    "camera": episode.camera,
-                    "length": n,
-                    "fps": episode.fps,
+                    spec.EPISODE_ID: episode.episode_id,
+                    spec.EPISODE_INDEX: episode.episode_index,
+                    spec.SOURCE_URI: episode.source_uri,
+                    spec.TASK: episode.task,
+                    spec.EMBODIMENT: episode.embodiment,
+                    spec.CAMERA: episode.camera,
+                    spec.LENGTH: n,
+                    spec.FPS: episode.fps,
                     **episode_summary(values),
-                    "ood_score": chain.ood,
-                    "trusted": bool(chain.ood <= spec.OOD_TRUST_LIMIT),
-                    "partition_id": task.partition_id,
-                    "progress_path": f"{spec.PROGRESS_DIR}/{task.partition_id}/{self.run_id}",
-                    "progress_offset": episode.offset,
-                    "run_id": self.run_id,
-                    "labelled_at": utcnow(),
+                    spec.OOD_SCORE: chain.ood,
+                    spec.TRUSTED: bool(chain.ood <= spec.OOD_TRUST_LIMIT),
+                    spec.PARTITION_ID: task.partition_id,
+                    spec.PROGRESS_PATH: f"{spec.PROGRESS_DIR}/{task.partition_id}/{self.run_id}",
+                    spec.PROGRESS_OFFSET: episode.offset,
+                    spec.RUN_ID: self.run_id,
+                    spec.LABELLED_AT: utcnow(),
                     **stamps,
-                    "source_fingerprint": episode.fingerprint,
+                    spec.SOURCE_FINGERPRINT: episode.fingerprint,
                 }
             )
         if episodes:
             labels = self._labels
             cameras = sorted({by_id[c.key].camera for c in chains})
-            labels.write_progress(f"{task.partition_id}/{self.run_id}", task.rows, progress, attrs={"camera": ", ".join(cameras)})
+            labels.write_progress(f"{task.partition_id}/{self.run_id}", task.rows, progress, attrs={spec.ATTR_CAMERA: ", ".join(cameras)})
             frames_table = conform(pa.concat_tables(frames), spec.FRAMES, "frames")
             # The partition's advantage histogram goes into its commit record (finalize sums them
             # into the dataset-level cut); until finalize runs, w_top70 is the partition-local
             # top-70 % cut, recorded and marked provisional.
-            advantage = frames_table.column("advantage").to_numpy()
+            advantage = frames_table.column(spec.ADVANTAGE).to_numpy()
             histogram = AdvantageHistogram()
             histogram.add(advantage)
             local_cut = histogram.cut_keeping(spec.TOP_FRACTION)
             w_top70 = pa.array(top_weights(advantage, local_cut), pa.float32())
-            frames_table = frames_table.set_column(frames_table.schema.get_field_index("w_top70"), spec.FRAMES.field("w_top70"), w_top70)
+            frames_table = frames_table.set_column(frames_table.schema.get_field_index(spec.W_TOP70), spec.FRAMES.field(spec.W_TOP70), w_top70)
             labels.write_part(
                 spec.FRAMES_DIR,
                 task.partition_id,
@@ -227,4 +227,4 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
             if sidecar:
                 labels.write_part(spec.SIDECAR_PARTS_DIR, task.partition_id, conform(pa.concat_tables(sidecar), spec.SIDECAR, "sidecar"))
             labels.commit(task.partition_id, pa.Table.from_pylist(episodes), histogram)
-        return LabelResult(task.partition_id, len(episodes), sum(e["length"] for e in episodes), failures, windows=len(chains))
+        return LabelResult(task.partition_id, len(episodes), sum(e[spec.LENGTH] for e in episodes), failures, windows=len(chains))

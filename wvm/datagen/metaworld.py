@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from schemas import ground_truth as truth_schema
 from schemas.ground_truth import GROUND_TRUTH, KINDS, LABELS_SUFFIX
 from schemas.validate import conform
 from wvm.metrics import ground_truth
@@ -353,13 +354,13 @@ def generate(config: DatagenConfig) -> dict:
                 labels.append(
                     pa.table(
                         {
-                            "episode_index": np.full(T, index),
-                            "frame_index": np.arange(T),
-                            "gt_progress": gt,
-                            "kind": [r.plan.kind] * T,
-                            "env": [r.plan.task] * T,
-                            "seg_start": np.full(T, r.seg_start),
-                            "seg_end": np.full(T, r.seg_end),
+                            truth_schema.EPISODE_INDEX: np.full(T, index),
+                            truth_schema.FRAME_INDEX: np.arange(T),
+                            truth_schema.GT_PROGRESS: gt,
+                            truth_schema.KIND: [r.plan.kind] * T,
+                            truth_schema.ENV: [r.plan.task] * T,
+                            truth_schema.SEG_START: np.full(T, r.seg_start),
+                            truth_schema.SEG_END: np.full(T, r.seg_end),
                         }
                     )
                 )

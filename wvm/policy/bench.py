@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import WvmError
+from schemas import labels as spec
 from wvm.policy.data import KINDS, DataConfig, Episode, label_sources, load_episodes, relabel, render_dataset
 from wvm.policy.methods import RUNS, Run, build_samples
 from wvm.policy.model import PolicyConfig, load_policy, save_policy, train_policy
@@ -207,10 +208,10 @@ def check_wvm_weights(sources: dict, episodes: list[Episode], horizon: int) -> d
     from wvm.policy.data import control_frames
 
     wvm = sources["wvm"]
-    progress = {int(i): g.sort_values("frame_index")["progress"].to_numpy(np.float64) for i, g in wvm.groupby("episode_index")}
+    progress = {int(i): g.sort_values(spec.FRAME_INDEX)[spec.PROGRESS].to_numpy(np.float64) for i, g in wvm.groupby(spec.EPISODE_INDEX)}
     again = control_frames(progress, horizon)
     result = {}
-    for column in ("advantage", "w_binary", "w_top70", "w_awr"):
+    for column in (spec.ADVANTAGE, *spec.WEIGHT_COLUMNS):
         result[column] = float(np.max(np.abs(again[column].to_numpy(np.float64) - wvm[column].to_numpy(np.float64))))
     result["match"] = all(v < 1e-4 for v in result.values())
     if not result["match"]:

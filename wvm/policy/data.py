@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipelines.errors import DatasetError, WvmError
 from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from schemas import labels as spec
+from schemas import ground_truth as truth_schema
 from schemas.ground_truth import LABELS_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ KINDS = ("expert", "hesitation", "retry", "failed", "noisy")
 DATAGEN_REVISION = 2  # 2: noisy episodes carry measured ground truth
 SOURCES = ("wvm", "ramp", "gt")  # value model, time ramp t/(T-1), ground-truth progress
 SOURCE_NAMES = {"wvm": "wvm (value model)", "ramp": "time ramp", "gt": "ground truth"}
-WEIGHT_COLUMNS = ("w_binary", "w_top70", "w_awr")  # per-frame weights, as frames.parquet has them
+WEIGHT_COLUMNS = spec.WEIGHT_COLUMNS  # per-frame weights, as frames.parquet has them
+FRAME_COLUMNS = [spec.EPISODE_INDEX, spec.FRAME_INDEX, spec.PROGRESS, spec.ADVANTAGE, *WEIGHT_COLUMNS]  # what the bench reads
 # whole-episode filter: 1 for the episodes whose quality (pipelines.weights.episode_summary, as
 # episodes.parquet reports it) is in the dataset's top 70 %, else 0
 EPISODE_WEIGHT = "w_episode70"
@@ -158,7 +160,7 @@ def load_episodes(dataset: Path) -> list[Episode]:
     from pipelines.sources import open_source
 
     truth = pq.read_table(str(dataset) + LABELS_SUFFIX).to_pandas()
-    by_episode = {int(i): g.sort_values("frame_index") for i, g in truth.groupby("episode_index")}
+    by_episode = {int(i): g.sort_values(truth_schema.FRAME_INDEX) for i, g in truth.groupby(truth_schema.EPISODE_INDEX)}
     source = open_source(str(dataset))
     episodes = []
     for e in source.episodes():
@@ -171,12 +173,12 @@ def load_episodes(dataset: Path) -> list[Episode]:
         episodes.append(
             Episode(
                 index=e.index,
-                task=str(gt["env"].iloc[0]),
-                kind=str(gt["kind"].iloc[0]),
+                task=str(gt[truth_schema.ENV].iloc[0]),
+                kind=str(gt[truth_schema.KIND].iloc[0]),
                 state=frames.state.astype(np.float32),
                 # Meta-World clips actions to [-1, 1]; some scripted experts ask for more.
                 action=np.clip(frames.action, -1.0, 1.0).astype(np.float32),
-                gt_progress=gt["gt_progress"].to_numpy(np.float64),
+                gt_progress=gt[truth_schema.GT_PROGRESS].to_numpy(np.float64),
             )
         )
     return episodes
@@ -189,8 +191,7 @@ def read_wvm_frames(labels_dir: str, model_key: str) -> pd.DataFrame:
     if not path.exists():
         raise WvmError(f"no labels of model {model_key} in {labels_dir} ({path} is missing)")
     frames = pq.read_table(path).to_pandas()
-    columns = ["episode_index", "frame_index", "progress", "advantage", *WEIGHT_COLUMNS]
-    return frames[columns].sort_values(["episode_index", "frame_index"]).reset_index(drop=True)
+    return frames[FRAME_COLUMNS].sort_values([spec.EPISODE_INDEX, spec.FRAME_INDEX]).reset_index(drop=True)
 
 
 def control_frames(progress: dict[int, np.ndarray], horizon: int) -> pd.DataFrame:
@@ -205,19 +206,19 @@ def control_frames(progress: dict[int, np.ndarray], horizon: int) -> pd.DataFram
         rows.append(
             pd.DataFrame(
                 {
-                    "episode_index": index,
-                    "frame_index": np.arange(len(values)),
-                    "progress": np.asarray(values, np.float32),
-                    "advantage": advantage,
-                    "w_binary": binary_weights(advantage),
-                    "w_awr": awr_weights(advantage),
+                    spec.EPISODE_INDEX: index,
+                    spec.FRAME_INDEX: np.arange(len(values)),
+                    spec.PROGRESS: np.asarray(values, np.float32),
+                    spec.ADVANTAGE: advantage,
+                    spec.W_BINARY: binary_weights(advantage),
+                    spec.W_AWR: awr_weights(advantage),
                 }
             )
         )
     frames = pd.concat(rows, ignore_index=True)
     threshold = histogram.cut_keeping(spec.TOP_FRACTION)
-    frames["w_top70"] = top_weights(frames["advantage"].to_numpy(), threshold)
-    return frames[["episode_index", "frame_index", "progress", "advantage", *WEIGHT_COLUMNS]]
+    frames[spec.W_TOP70] = top_weights(frames[spec.ADVANTAGE].to_numpy(), threshold)
+    return frames[FRAME_COLUMNS]
 
 
 def time_ramp(length: int) -> np.ndarray:
@@ -242,12 +243,15 @@ def label_sources(episodes: list[Episode], labels_dir: str, model_key: str, hori
 def with_episode_filter(frames: pd.DataFrame) -> pd.DataFrame:
     """`frames` plus EPISODE_WEIGHT: whole episodes kept by their quality, the cut keeping the
     dataset's top 70 % of episodes (ties kept: the time ramp rates every episode alike)."""
-    quality = {int(i): episode_summary(g.sort_values("frame_index")["progress"].to_numpy())["quality"] for i, g in frames.groupby("episode_index")}
+    quality = {
+        int(i): episode_summary(g.sort_values(spec.FRAME_INDEX)[spec.PROGRESS].to_numpy())[spec.QUALITY]
+        for i, g in frames.groupby(spec.EPISODE_INDEX)
+    }
     cut = np.quantile(np.fromiter(quality.values(), float), 1.0 - spec.TOP_FRACTION)
-    return frames.assign(**{EPISODE_WEIGHT: frames["episode_index"].map(lambda i: float(quality[int(i)] >= cut - 1e-12)).astype(np.float32)})
+    return frames.assign(**{EPISODE_WEIGHT: frames[spec.EPISODE_INDEX].map(lambda i: float(quality[int(i)] >= cut - 1e-12)).astype(np.float32)})
 
 
 def by_episode(frames: pd.DataFrame, column: str) -> dict[int, np.ndarray]:
     """Each episode's values of a frames column, in frame order."""
-    ordered = frames.sort_values(["episode_index", "frame_index"])
-    return {int(i): g[column].to_numpy(np.float32) for i, g in ordered.groupby("episode_index", sort=False)}
+    ordered = frames.sort_values([spec.EPISODE_INDEX, spec.FRAME_INDEX])
+    return {int(i): g[column].to_numpy(np.float32) for i, g in ordered.groupby(spec.EPISODE_INDEX, sort=False)}

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from wvm.policy.data import SOURCES, Episode, by_episode
+from schemas import labels as spec
+from wvm.policy.data import EPISODE_WEIGHT, SOURCES, Episode, by_episode
 from wvm.policy.model import Samples, episode_samples
 
 METHODS = {
@@ -33,7 +34,7 @@ METHODS = {
     "awr": "AWR, w = min(exp(10 A), 2)",
     "bc_episodes": "BC on the top-70 % episodes by quality",
 }
-WEIGHT_COLUMN = {"bc_binary": "w_binary", "bc_top70": "w_top70", "awr": "w_awr", "bc_episodes": "w_episode70"}
+WEIGHT_COLUMN = {"bc_binary": spec.W_BINARY, "bc_top70": spec.W_TOP70, "awr": spec.W_AWR, "bc_episodes": EPISODE_WEIGHT}
 
 
 @dataclass(frozen=True)

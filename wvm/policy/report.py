@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from schemas import labels as spec
 from schemas.labels import AWR_DELTA
 from wvm.evaluate import plot_task_kind_grid
 from wvm.policy.data import KINDS, SOURCE_NAMES, SOURCES, Episode, by_episode
@@ -107,7 +108,7 @@ def awr_saturation(episodes: list[Episode], sources: dict[str, pd.DataFrame], de
     out = {}
     for source in SOURCES:
         frames = sources[source]
-        w = frames.loc[frames["episode_index"].isin(indices), "w_awr"].to_numpy()
+        w = frames.loc[frames[spec.EPISODE_INDEX].isin(indices), spec.W_AWR].to_numpy()
         out[source] = float(np.mean(w >= delta - 1e-6)) if len(w) else float("nan")
     return out
 
@@ -117,7 +118,7 @@ def progress_errors(episodes: list[Episode], sources: dict[str, pd.DataFrame]) -
     kinds = [k for k in KINDS if any(e.kind == k for e in episodes)]
     table = {}
     for source in ("wvm", "ramp"):
-        p = by_episode(sources[source], "progress")
+        p = by_episode(sources[source], spec.PROGRESS)
         table[SOURCE_NAMES[source]] = {
             k: float(np.mean([np.mean(np.abs(p[e.index] - e.gt_progress)) for e in episodes if e.kind == k])) for k in kinds
         }
@@ -154,7 +155,7 @@ def plot_success(summary: dict, tasks: list[str], runs: list[str], path: Path) -
 def plot_value_curves(episodes: list[Episode], sources: dict[str, pd.DataFrame], tasks: list[str], path: Path) -> None:
     """One row per task, one column per episode kind (its first episode): the progress of the
     three label sources."""
-    progress = {s: by_episode(sources[s], "progress") for s in SOURCES}
+    progress = {s: by_episode(sources[s], spec.PROGRESS) for s in SOURCES}
 
     def draw(ax, e: Episode) -> None:
         for source, style in (("gt", "-"), ("ramp", ":"), ("wvm", "-")):

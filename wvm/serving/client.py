@@ -100,8 +100,8 @@ class TritonHandler(ValueModelHandler):
                 )
             await asyncio.sleep(0.5)
         config = (await self._client.get_model_config(self.model, as_json=True))["config"]
-        params = {k: v.get("stringValue", v.get("string_value")) for k, v in config.get("parameters", {}).items()}
-        self.geometry = WindowGeometry(samples_per_episode=int(params["samples_per_episode"]))
+        params = contract.config_parameters(config)
+        self.geometry = WindowGeometry(samples_per_episode=int(params[contract.PARAM_SAMPLES_PER_EPISODE]))
         self.max_batch = int(config.get("maxBatchSize", config.get("max_batch_size")) or contract.MAX_BATCH)
         self.request_size = min(self.request_size, self.max_batch)
         # one tiny request tells the version before any real work

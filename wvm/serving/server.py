@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pipelines.errors import WvmError
 from pipelines.processes import die_with_parent
+from schemas import inference as contract
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ def write_repository(checkpoint: str, base: Path = DEFAULT_REPOSITORY) -> Path:
     target = Path(tempfile.mkdtemp(prefix="wvm-model-repo-"))
     shutil.copytree(base, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     params = {
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "samples_per_episode": str(config.samples_per_episode),
+        contract.PARAM_CHECKPOINT: str(Path(checkpoint).resolve()),
+        contract.PARAM_SAMPLES_PER_EPISODE: str(config.samples_per_episode),
     }
     for path in [target / "wvm" / "config.pbtxt", *(target / "wvm" / "configs").glob("*.pbtxt")]:
         text = path.read_text()

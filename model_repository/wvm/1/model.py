@@ -40,20 +40,21 @@ def _text(task) -> str:
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        device = params.get("device", "cpu")
+        params = contract.config_parameters(config)
+        device = params.get(contract.PARAM_DEVICE, "cpu")
         if args["model_instance_kind"] == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        if int(params.get("threads") or 0):
-            torch.set_num_threads(int(params["threads"]))
-        checkpoint = params.get("checkpoint") or None
+        if int(params.get(contract.PARAM_THREADS) or 0):
+            torch.set_num_threads(int(params[contract.PARAM_THREADS]))
+        checkpoint = params.get(contract.PARAM_CHECKPOINT) or None
         if checkpoint and not Path(checkpoint).is_absolute():
             checkpoint = str(Path(args["model_repository"]) / checkpoint)
         self.loaded = load_model(checkpoint, device=device)
         self.device = device
         model_config = self.loaded.config
-        declared = {"samples_per_episode": int(params.get("samples_per_episode", model_config.samples_per_episode))}
-        actual = {k: getattr(model_config, k) for k in declared}
+        samples = contract.PARAM_SAMPLES_PER_EPISODE
+        declared = {samples: int(params.get(samples, model_config.samples_per_episode))}
+        actual = {samples: model_config.samples_per_episode}
         frames_dims = next(i["dims"] for i in config["input"] if i["name"] == contract.FRAMES)
         if declared != actual or int(frames_dims[0]) != model_config.window_frames:
             raise ValueError(
