@@ -30,7 +30,7 @@ def decode_at_timestamps(
     resize = {"width": width, "height": height, "interpolation": "AREA"} if size else {}
     try:
         container = opener()
-    except (av.error.FFmpegError, OSError) as exc:
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:  # PyAV decodes a corrupt file's metadata strings as UTF-8
         raise EpisodeError(f"cannot open video: {exc}", file=file, episode=episode) from None
     try:
         if not container.streams.video:
@@ -68,7 +68,7 @@ def decode_at_timestamps(
                     episode=episode,
                 )
             yield best[1].to_ndarray(format="rgb24", **resize)
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise EpisodeError(f"video cannot be decoded: {exc}", file=file, episode=episode) from None
     finally:
         container.close()
