@@ -49,6 +49,31 @@ def read_latest(out: str) -> dict | None:
         return json.load(f)
 
 
+def source_rows(results: dict, quality: dict | None) -> list[dict]:
+    """One row per source for the run's table artifact: what was new, labelled and failed
+    tonight, how fast, and the labelled dataset's quality (None on a night with no report)."""
+    rows = []
+    for name, r in results.items():
+        ingest, relabel = r["ingest"], r["relabel"]
+        q = (quality or {}).get(name, {})
+        rows.append({
+            "source": name,
+            "episodes new": ingest["episodes_written"],
+            "episodes labelled": relabel["episodes_labelled"],
+            "episodes failed": ingest["failed"] + relabel["failed"],
+            "ingest frames/s": round(ingest["frames_written"] / ingest["seconds"], 1) if ingest["seconds"] else None,
+            "relabel frames/s": round(relabel["frames_per_second"], 1),
+            "episodes in labels": q.get("episodes"),
+            "mean quality": round(q["mean_quality"], 3) if "mean_quality" in q else None,
+            "untrusted": q.get("untrusted"),
+        })  # fmt: skip
+    return rows
+
+
+def sources_artifact(results: dict, quality: dict | None) -> None:
+    create_table_artifact(key="nightly-sources", table=source_rows(results, quality), description="per source: new, labelled, failed, throughput, quality")
+
+
 @flow(name="wvm-nightly", task_runner=dask_task_runner())
 def nightly_flow(
     sources: list[str],
@@ -96,6 +121,7 @@ def nightly_flow(
             create_table_artifact(key="nightly-failures", table=failures, description="episodes that failed tonight")
         if not new_work:
             summary = {"run_id": run_id, "new": False, "latest_run": previous["run_id"], "report": previous["report"]}
+            sources_artifact(results, None)
             summary_artifact("nightly-summary", "Nightly run: nothing new", summary)
             return summary
 
@@ -121,6 +147,7 @@ def nightly_flow(
         }
         fsx.write_json_atomic(fs, fsx.join(root, "runs", f"{run_id}.json"), summary)
         fsx.write_json_atomic(fs, fsx.join(root, LATEST), summary)  # last: the run is now published
+    sources_artifact(results, report["by_source"])
     create_link_artifact(key="nightly-report", link=report_html, description="QC report of this run")
     summary_artifact("nightly-summary", f"Nightly run {run_id}", {k: v for k, v in summary.items() if k != "sources"})
     return summary

@@ -157,6 +157,14 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         "frames": int(episodes[spec.LENGTH].sum()) if len(episodes) else 0,
         "mean_quality": float(episodes[spec.QUALITY].mean()) if len(episodes) else None,
         "failures": int(len(failures)),
+        "by_source": {
+            str(name): {
+                "episodes": int(len(group)),
+                "mean_quality": float(group[spec.QUALITY].mean()),
+                "untrusted": int((~group[spec.TRUSTED]).sum()) if spec.TRUSTED in group else 0,
+            }
+            for name, group in (episodes.groupby("source") if len(episodes) else [])
+        },
         "change": {
             "episodes_compared": int(len(changes)),
             "mean_quality_delta": float((changes[spec.QUALITY] - changes[QUALITY_BEFORE]).mean()) if len(changes) else None,

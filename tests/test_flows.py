@@ -52,6 +52,18 @@ def files(root: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
+def latest_table(key: str) -> list[dict]:
+    """The newest table artifact under `key`, as the Prefect UI shows it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert artifact.type == "table"
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
 def test_nightly_end_to_end_then_nothing_new_then_new_episodes(prefect_server, triton_server, tmp_path):
     source = copy_dataset(METAWORLD_MINI, tmp_path / "source")
     episodes_file = source / "meta/episodes/chunk-000/file-000.parquet"
@@ -67,6 +79,9 @@ def test_nightly_end_to_end_then_nothing_new_then_new_episodes(prefect_server, t
     assert report.exists() and (report.parent / "plots" / "quality_histogram.png").exists()
     assert "Failures" in report.read_text()
     assert labelled_frames(out).num_rows == sum(full.slice(0, 12)["length"].to_pylist())
+    (row,) = latest_table("nightly-sources")  # what an operator reads in the Prefect UI
+    assert (row["episodes new"], row["episodes labelled"], row["episodes failed"], row["episodes in labels"]) == (12, 12, 0, 12)
+    assert 0.0 <= row["mean quality"] <= 1.0 and row["relabel frames/s"] > 0 and row["untrusted"] == 0
 
     before = files(out)
     second = run_nightly([source], out, triton_server)
@@ -82,6 +97,8 @@ def test_nightly_end_to_end_then_nothing_new_then_new_episodes(prefect_server, t
     keys = set(zip(frames["episode_index"].to_pylist(), frames["frame_index"].to_pylist()))
     assert frames.num_rows == len(keys) == 524
     assert json.loads((out / "latest.json").read_text())["run_id"] == third["run_id"]
+    (row,) = latest_table("nightly-sources")
+    assert (row["episodes new"], row["episodes labelled"], row["episodes in labels"]) == (6, 6, 18)
 
 
 def test_a_failing_partition_is_retried_then_recorded_without_losing_the_others(prefect_server, triton_server, tmp_path):
