@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import G1_V21, METAWORLD_MINI, kill_midway_then_rerun, rewrite_episode_table
+from conftest import G1_V21, METAWORLD_MINI, ROOT, kill_midway_then_rerun, rewrite_episode_table
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import DatasetError, EpisodeError
 from pipelines.ingest import IngestConfig, run_ingest
@@ -345,6 +346,23 @@ def test_dask_and_beam_produce_identical_stores(tmp_path):
     content = store_content(str(tmp_path / "dask"))
     assert len(content) == 18
     assert content == store_content(str(tmp_path / "beam")) == store_content(str(tmp_path / "local"))
+
+
+@pytest.mark.slow
+def test_beam_options_reach_beam_from_the_cli(tmp_path):
+    def wvm_ingest(out, *options):
+        cmd = [sys.executable, "-m", "wvm.cli", "ingest", str(METAWORLD_MINI), "--out", str(out), "--engine", "beam",
+               "--partition-frames", "200", *(f"--beam-option={o}" for o in options)]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    done = wvm_ingest(tmp_path / "direct", "--runner=BundleBasedDirectRunner", "--direct_num_workers=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ingest(METAWORLD_MINI, tmp_path / "local", partition_frames=200)
+    assert store_content(str(tmp_path / "direct")) == store_content(str(tmp_path / "local"))
+    # an option Beam cannot use is refused in words before anything is written
+    refused = wvm_ingest(tmp_path / "refused", "--runner=NoSuchRunner")
+    assert refused.returncode == 1 and "Unexpected pipeline runner: NoSuchRunner" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import fs as fsx
 from pipelines.engines.base import Engine, Outcome, run_item
+from pipelines.errors import WvmError
 from pipelines.processes import process_alive
 from pipelines.stages.base import Stage
 
@@ -51,6 +52,10 @@ def _sweep_dead_results() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class BeamOptionsError(WvmError):
+    """Beam pipeline options that Beam cannot use (an unknown runner, a malformed option)."""
+
+
 class BeamEngine(Engine):
     name = "beam"
 
@@ -58,6 +63,21 @@ class BeamEngine(Engine):
         self.options = list(options)
         self.workers = workers
         self.results_url = results_url  # must be shared storage (gs://...) for remote runners
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Fail before anything is written, in words, where Beam would fail mid-run with a traceback."""
+        from apache_beam.runners.runner import create_runner
+
+        try:
+            options = PipelineOptions(self.options)
+            runner = options.get_all_options(retain_unknown_options=True).get("runner")
+            if runner:
+                create_runner(runner)
+        except (ValueError, ImportError) as exc:
+            raise BeamOptionsError(f"Beam options {' '.join(self.options)!r} are unusable: {exc}") from None
+        except SystemExit:  # Beam's argparse exits on a malformed value, after printing why
+            raise BeamOptionsError(f"Beam options {' '.join(self.options)!r} are unusable: Beam's argument parser refused them (above)") from None
 
     def _pipeline(self) -> beam.Pipeline:
         options = PipelineOptions(self.options)
