@@ -142,6 +142,14 @@ def other_checkpoint(tmp_path_factory, shipped_checkpoint) -> Path:
     return path
 
 
+def object_versions(fs, prefix: str) -> dict:
+    """Every object under `prefix` with its generation: an object rewritten, even with the same
+    bytes, gets a new generation, one deleted or added changes the keys."""
+    versions = {path: (info.get("generation"), info.get("md5Hash")) for path, info in fs.find(prefix, detail=True).items()}
+    assert versions and all(generation for generation, _ in versions.values()), "the emulator reports no generations"
+    return versions
+
+
 def kill_midway_then_rerun(cmd: list[str], commits: Path, glob: str, at_least: int = 2) -> dict:
     """Start a CLI run, kill -9 its whole process group once `at_least` commit files match
     `commits/glob`, then rerun it to the end. Returns the rerun's JSON summary."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import G1_V21, METAWORLD_MINI, ROOT, kill_midway_then_rerun, rewrite_episode_table
+from conftest import G1_V21, METAWORLD_MINI, ROOT, kill_midway_then_rerun, object_versions, rewrite_episode_table
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import DatasetError, EpisodeError
 from pipelines.ingest import IngestConfig, run_ingest
@@ -387,8 +387,10 @@ def test_gcs_end_to_end_against_emulator(gcs_emulator, tmp_path):
     fs.put(str(METAWORLD_MINI), "wvm-test/datasets/metaworld_mini", recursive=True)
     summary = ingest("gs://wvm-test/datasets/metaworld_mini", "gs://wvm-test/stores/mw", partition_frames=200)
     assert summary.episodes_written == 18
+    before = object_versions(fs, "wvm-test/stores/mw")
     again = ingest("gs://wvm-test/datasets/metaworld_mini", "gs://wvm-test/stores/mw", partition_frames=200)
     assert again.episodes_written == 0 and again.already_stored == 18
+    assert object_versions(fs, "wvm-test/stores/mw") == before  # the rerun rewrote no object
     ingest(METAWORLD_MINI, tmp_path / "local", partition_frames=200)
     remote, local = store_content("gs://wvm-test/stores/mw"), store_content(str(tmp_path / "local"))
     for content in (remote, local):

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import METAWORLD_MINI, ROOT, copy_dataset, external_dask_cluster, free_port, kill_midway_then_rerun, rewrite_episode_table
+from conftest import METAWORLD_MINI, ROOT, copy_dataset, external_dask_cluster, free_port, kill_midway_then_rerun, object_versions, rewrite_episode_table
 from pipelines.engines.base import LocalEngine
 from pipelines.errors import WvmError
 from pipelines.inference import ModelSpec
@@ -230,8 +230,10 @@ def test_gcs_destination_against_emulator(gcs_emulator, tmp_path):
     fs.mkdir("wvm-labels")
     summary = relabel(METAWORLD_MINI, "gs://wvm-labels/mw", partition_frames=300)
     assert summary.frames_labelled == N_FRAMES
+    before = object_versions(fs, "wvm-labels/mw")
     again = relabel(METAWORLD_MINI, "gs://wvm-labels/mw", partition_frames=300)
     assert again.episodes_labelled == 0
+    assert object_versions(fs, "wvm-labels/mw") == before  # the rerun rewrote no object
     (key,) = LabelsStore("gs://wvm-labels/mw").versions()
     with fs.open(f"wvm-labels/mw/versions/{key}/{spec.SIDECAR_FILE}", "rb") as f:
         remote = pq.read_table(f)
