@@ -242,6 +242,27 @@ def test_gcs_destination_against_emulator(gcs_emulator, tmp_path):
     assert remote.equals(local)
 
 
+@pytest.mark.slow
+def test_a_v21_dataset_on_gcs_relabelled_directly(gcs_emulator, g1_small, tmp_path):
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(endpoint_url=gcs_emulator, token="anon")
+    fs.mkdir("wvm-sources-v21")
+    fs.put(str(g1_small), "wvm-sources-v21/g1", recursive=True)
+    remote = relabel("gs://wvm-sources-v21/g1", tmp_path / "remote", partition_frames=100)
+    assert (remote.episodes_labelled, remote.frames_labelled, remote.failed) == (8, 8 * 24, 0)
+    relabel(g1_small, tmp_path / "local", partition_frames=100)
+    a, b = outputs(tmp_path / "remote"), outputs(tmp_path / "local")
+    for out in (a, b):  # ids and fingerprints name the source's location; everything else must agree
+        index_of = dict(zip(out["episodes"]["episode_id"], out["episodes"]["episode_index"]))
+        out["progress"] = {index_of[k]: v for k, v in out["progress"].items()}
+        for table in ("frames", "episodes"):
+            for column in [c for c in out[table] if c in ("episode_id", "source_uri", "partition_id") or "fingerprint" in c]:
+                out[table].pop(column)
+    assert_same_outputs(a, b)
+    assert set(pq.read_table(version_dir(tmp_path / "remote") / spec.EPISODES_FILE)["source_uri"].to_pylist()) == {"gs://wvm-sources-v21/g1"}
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
