@@ -155,13 +155,16 @@ def kill_midway_then_rerun(cmd: list[str], commits: Path, glob: str, at_least: i
     `commits/glob`, then rerun it to the end. Returns the rerun's JSON summary."""
     import signal
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(commits.glob(glob))) < at_least:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and any workers it started, mid-run
-    proc.wait()
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty child never blocks on it
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(commits.glob(glob))) < at_least:
+            if proc.poll() is not None:
+                stderr.seek(0)
+                pytest.fail(f"the run ended before the kill (rc {proc.returncode}): {stderr.read().decode()[-3000:]}")
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and any workers it started, mid-run
+        proc.wait()
     assert len(list(commits.glob(glob))) >= at_least
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr

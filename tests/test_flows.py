@@ -341,3 +341,17 @@ def test_a_killed_nightly_serve_takes_its_triton_server_with_it(prefect_server, 
         while run.left() and time.monotonic() < deadline:
             time.sleep(0.5)
         run.assert_server_gone()
+    out = tmp_path / "out"
+    assert not (out / "latest.json").exists()  # killed while labelling: nothing was published
+    with NightlyServe(out) as rerun:  # the next night resumes: ingest was done, labelling is redone
+        rerun.watch_until(lambda: False)
+        assert rerun.proc.wait(timeout=5) == 0, "".join(rerun.stderr)[-4000:]
+        for reader in rerun.readers:
+            reader.join(10)
+        summary = json.loads("".join(rerun.stdout))
+        (result,) = summary["sources"].values()
+        assert (result["ingest"]["episodes_written"], result["ingest"]["already_stored"]) == (0, 18)
+        assert result["relabel"]["episodes_labelled"] + result["relabel"]["already_labelled"] == 18
+        frames = labelled_frames(out)
+        assert frames.num_rows == len(set(zip(frames["episode_index"].to_pylist(), frames["frame_index"].to_pylist()))) == 524
+        assert json.loads((out / "latest.json").read_text())["run_id"] == summary["run_id"]

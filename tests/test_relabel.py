@@ -211,12 +211,13 @@ def test_cli_on_a_separately_started_dask_cluster_with_relative_paths(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_midway_then_rerun_gives_the_same_outputs(tmp_path):
+@pytest.mark.parametrize("engine", ["local", "beam"])
+def test_kill_9_midway_then_rerun_gives_the_same_outputs(engine, tmp_path):
     reference = tmp_path / "reference"
     relabel(METAWORLD_MINI, reference, partition_frames=60)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "wvm.cli", "relabel", str(METAWORLD_MINI), "--out", str(out), "--engine", "local",
-           "--partition-frames", "60"]  # fmt: skip
+    cmd = [sys.executable, "-m", "wvm.cli", "relabel", str(METAWORLD_MINI), "--out", str(out), "--engine", engine,
+           "--workers", "2", "--partition-frames", "60"]  # fmt: skip
     summary = kill_midway_then_rerun(cmd, out, f"{spec.VERSIONS_DIR}/*/{spec.EPISODE_PARTS_DIR}/*.parquet")
     assert summary["already_labelled"] >= 2 and summary["episodes_labelled"] > 0  # resumed mid-run
     assert_same_outputs(outputs(out), outputs(reference))
