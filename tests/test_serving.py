@@ -79,6 +79,46 @@ def _infer(url, frames, task, lengths, frames_dtype="UINT8"):
     return client.infer(contract.MODEL_NAME, inputs)
 
 
+def test_overload_is_rejected_at_admission_not_queued_without_bound(triton_server, windows):
+    """96 clients send one 8-episode request each at the same moment (no client retries). The
+    server holds what its queue bound admits (config.pbtxt max_queue_size) and rejects the rest
+    at once with UNAVAILABLE, which TritonHandler retries with backoff; nothing times out or fails
+    otherwise, and the server keeps serving. benchmarks/triton_load.py measures the same at scale."""
+    _, frames, texts, lengths = windows
+    clients, outcomes = 96, []
+    start = threading.Barrier(clients)
+
+    def client() -> None:
+        connection = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        inputs = [
+            grpcclient.InferInput(contract.FRAMES, list(frames[:8].shape), "UINT8"),
+            grpcclient.InferInput(contract.TASK, [8, 1], "BYTES"),
+            grpcclient.InferInput(contract.LENGTH, [8, 1], "INT32"),
+        ]
+        inputs[0].set_data_from_numpy(frames[:8])
+        inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in texts[:8]], dtype=np.object_))
+        inputs[2].set_data_from_numpy(lengths[:8].reshape(-1, 1))
+        start.wait()
+        try:
+            connection.infer(contract.MODEL_NAME, inputs, client_timeout=600)
+            outcomes.append("answered")
+        except InferenceServerException as exc:
+            outcomes.append(f"{exc.status()}: {exc.message()}")
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rejected = [o for o in outcomes if o != "answered"]
+    assert len(outcomes) == clients and 0 < len(rejected) < clients
+    assert all("UNAVAILABLE" in o and "Exceeds maximum queue size" in o for o in rejected), set(rejected)
+    local, *_ = windows
+    values = _infer(triton_server.grpc_url, frames[:2], texts[:2], lengths[:2]).as_numpy(contract.VALUES)
+    assert values.shape == (2, local.geometry.samples_per_episode)  # still serving
+
+
 @pytest.mark.parametrize(
     "case,expected",
     [
