@@ -66,8 +66,8 @@ def test_server_batches_concurrent_requests(triton_server, windows):
     assert executions < requests, f"{executions} executions for {requests} requests: no dynamic batching"
 
 
-def _infer(url, frames, task, lengths, frames_dtype="UINT8"):
-    client = grpcclient.InferenceServerClient(url)
+def _inputs(frames, task, lengths, frames_dtype="UINT8") -> list:
+    """A raw request, as any gRPC client would send it (bad ones included)."""
     inputs = [
         grpcclient.InferInput(contract.FRAMES, list(frames.shape), frames_dtype),
         grpcclient.InferInput(contract.TASK, [len(task), 1], "BYTES"),
@@ -76,7 +76,11 @@ def _infer(url, frames, task, lengths, frames_dtype="UINT8"):
     inputs[0].set_data_from_numpy(frames)
     inputs[1].set_data_from_numpy(np.array([[t if isinstance(t, bytes) else t.encode()] for t in task], dtype=np.object_).reshape(-1, 1))
     inputs[2].set_data_from_numpy(np.asarray(lengths, np.int32).reshape(-1, 1))
-    return client.infer(contract.MODEL_NAME, inputs)
+    return inputs
+
+
+def _infer(url, frames, task, lengths, frames_dtype="UINT8"):
+    return grpcclient.InferenceServerClient(url).infer(contract.MODEL_NAME, _inputs(frames, task, lengths, frames_dtype))
 
 
 def test_overload_is_rejected_at_admission_not_queued_without_bound(triton_server, windows):
@@ -90,14 +94,7 @@ def test_overload_is_rejected_at_admission_not_queued_without_bound(triton_serve
 
     def client() -> None:
         connection = grpcclient.InferenceServerClient(triton_server.grpc_url)
-        inputs = [
-            grpcclient.InferInput(contract.FRAMES, list(frames[:8].shape), "UINT8"),
-            grpcclient.InferInput(contract.TASK, [8, 1], "BYTES"),
-            grpcclient.InferInput(contract.LENGTH, [8, 1], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(frames[:8])
-        inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in texts[:8]], dtype=np.object_))
-        inputs[2].set_data_from_numpy(lengths[:8].reshape(-1, 1))
+        inputs = _inputs(frames[:8], texts[:8], lengths[:8])
         start.wait()
         try:
             connection.infer(contract.MODEL_NAME, inputs, client_timeout=600)
