@@ -255,7 +255,9 @@ class NightlyServe:
 
         try:
             for child in psutil.Process(self.proc.pid).children(recursive=True):
-                if child.pid not in self.started and child.name() == "tritonserver":
+                # a server's fork, caught before it execs its backend stub, is also named
+                # tritonserver: it is the server's child, not a second server
+                if child.pid not in self.started and child.name() == "tritonserver" and child.ppid() not in self.started:
                     self.started[child.pid] = (child, child.cmdline())
                 if child.pid in self.started:
                     for stub in child.children(recursive=True):
