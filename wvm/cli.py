@@ -41,6 +41,7 @@ def _datagen(args: argparse.Namespace) -> dict:
         camera=args.camera,
         fps=args.fps,
         workers=args.workers,
+        placement_seed=args.placement_seed,
     )
     return metaworld.generate(config)
 
@@ -64,7 +65,13 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     mw.add_argument("--hesitation", type=int, default=2, help="hesitation episodes per task")
     mw.add_argument("--retry", type=int, default=2, help="retry episodes per task")
     mw.add_argument("--failed", type=int, default=0, help="failed episodes per task (the task is never completed)")
-    mw.add_argument("--seed", type=int, default=0)
+    mw.add_argument("--seed", type=int, default=0, help="the same seed renders the same episodes and scenes again")
+    mw.add_argument(
+        "--placement-seed",
+        type=int,
+        default=None,
+        help="seed of Meta-World's object/goal placement pool (task i gets this + i); default 100 * --seed",
+    )
     mw.add_argument("--size", type=int, default=128, help="square image size in pixels")
     mw.add_argument("--camera", default="corner", help="Meta-World camera name")
     mw.add_argument("--fps", type=int, default=20, help="frame rate written to the dataset")

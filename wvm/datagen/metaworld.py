@@ -92,9 +92,14 @@ class DatagenConfig:
     workers: int = 1
     full_state: bool = False  # observation.state = the full 39-dim observation instead of obs[:4]
     noise_scale: float = 0.3  # noisy kind: stationary std of the xyz action noise
-    # Seeds Meta-World's object/goal placements (task i of `tasks` gets placement_seed + i), so a
-    # rerun renders the same scenes; None leaves them unseeded (different on every run).
+    # Seeds Meta-World's pool of object/goal placements (task i of `tasks` gets placement_seed + i),
+    # so a rerun renders the same scenes. None derives it from `seed`: 100 * seed, so datasets
+    # rendered with different seeds never share a task's pool (fewer than 100 tasks).
     placement_seed: int | None = None
+
+    def task_placement_seed(self, task: str) -> int:
+        base = 100 * self.seed if self.placement_seed is None else self.placement_seed
+        return base + self.tasks.index(task)
 
 
 @dataclass(frozen=True)
@@ -284,7 +289,7 @@ class _CorrelatedNoise:
 
 def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[Rollout]:
     config, task, plans = args
-    placement_seed = None if config.placement_seed is None else config.placement_seed + config.tasks.index(task)
+    placement_seed = config.task_placement_seed(task)
     sim = _TaskSimulator(task, config.size, config.camera, config.max_steps, config.full_state, config.noise_scale, placement_seed)
     rollouts = []
     for plan in plans:
