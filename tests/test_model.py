@@ -12,13 +12,12 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates, revisit_distances
+from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
-REVISITS = {**V3, "value_reads_revisits": True}
-VALUE_STREAMS = pytest.mark.parametrize("stream", [{}, V3, REVISITS], ids=["direct", "rates", "rates+revisits"])
+VALUE_STREAMS = pytest.mark.parametrize("stream", [{}, V3], ids=["direct", "rates"])
 
 
 def small_model(**overrides) -> WorldValueModel:
@@ -169,21 +168,6 @@ def test_checkpoint_that_does_not_match_its_config(tmp_path):
     for read in (load_model, checkpoint_identity):
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
             read(tmp_path / "ckpt")
-
-
-def test_revisit_distances_tell_working_undoing_and_pausing_apart():
-    # states 0..9 (working), back through 8, 7, 6 (undoing), then held at 6 (pausing), then padding
-    states = [*range(10), 8, 7, 6, 6, 6]
-    patches = torch.tensor(states + [0, 0], dtype=torch.float32).view(1, -1, 1, 1).expand(1, -1, 4, 8)
-    valid = torch.arange(17)[None] < len(states)
-    recede, nearest = revisit_distances(patches, valid)[0, : len(states), 0].unbind(-1)
-    np.testing.assert_allclose(recede[1:10], 1.0, atol=1e-3)  # farther from the start each step
-    np.testing.assert_allclose(recede[10:13], -1.0, atol=1e-3)  # heading back to it
-    np.testing.assert_allclose(recede[13:], 0.0, atol=1e-3)
-    np.testing.assert_allclose(nearest[2:10], 2.0, atol=1e-3)  # new states: two steps from anything older
-    np.testing.assert_allclose(nearest[10:], 0.0, atol=1e-3)  # states seen before
-    # padding (state 0, the start) is not an earlier state the last samples come back to
-    assert torch.equal(revisit_distances(patches, valid)[:, : len(states)], revisit_distances(patches[:, : len(states)], valid[:, : len(states)]))
 
 
 # -- metrics (REFERENCE §2) -------------------------------------------------------------------

@@ -74,7 +74,6 @@ class WVMConfig:
     value_reads_time: bool = True  # value tokens get the episode-time embedding (v2.0: a ramp shortcut)
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
-    value_reads_revisits: bool = False  # ...and how near each sample comes back to earlier states (revisit_distances)
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
     # "rates" head only: cross-entropy of its success probability against whether the episode's
     # ground truth ends at 1; otherwise success is learnt only through the values it scales
@@ -300,8 +299,6 @@ class ValueStream(nn.Module):
         self.reads_distances = config.value_reads_distances
         frame_dim = config.tokens_per_frame * config.patch_dim * (3 if self.reads_motion else 1)
         frame_dim += config.tokens_per_frame * DISTANCE_FEATURES if self.reads_distances else 0
-        self.reads_revisits = config.value_reads_revisits
-        frame_dim += config.tokens_per_frame * REVISIT_FEATURES if self.reads_revisits else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -316,8 +313,6 @@ class ValueStream(nn.Module):
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
         if self.reads_distances:
             parts.append(motion_distances(patches, valid).reshape(b, n, -1))
-        if self.reads_revisits:
-            parts.append(revisit_distances(patches, valid).reshape(b, n, -1))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -373,31 +368,6 @@ def motion_distances(patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     to_last = rms(patches, last)
     approach = rms(previous, last) - to_last
     return torch.stack([rms(patches, previous), rms(patches, patches[:, :1]), to_last, approach], dim=-1)
-
-
-REVISIT_FEATURES = 2
-
-
-def revisit_distances(patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per sample and spatial token (B, N, tokens, 2): how much farther from the first sample
-    this one is than the previous (leaving the start state, or heading back to it), and the RMS
-    latent distance to the nearest sample two or more steps earlier (0: a state seen before).
-    An arm undoing its work moves while coming back to states it has passed; a working arm moves
-    to new ones and a pausing arm does not move at all, on any task."""
-    n = patches.shape[1]
-    first, previous = patches[:, :1], torch.cat([patches[:, :1], patches[:, :-1]], dim=1)
-
-    def rms(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (a - c).pow(2).mean(-1).add(1e-8).sqrt()
-
-    recede = rms(patches, first) - rms(previous, first)
-    pairwise = rms(patches[:, :, None], patches[:, None])  # (B, i, j, tokens)
-    i, j = torch.arange(n, device=patches.device)[:, None], torch.arange(n, device=patches.device)[None]
-    earlier = (j <= i - 2)[None, :, :, None] & valid[:, None, :, None]
-    nearest = pairwise.masked_fill(~earlier, float("inf")).amin(2)
-    # the first two samples have nothing two steps back: their distance to the previous stands in
-    nearest = torch.where(torch.isinf(nearest), rms(patches, previous), nearest)
-    return torch.stack([recede, nearest], dim=-1)
 
 
 def progress_from_rates(rates: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
