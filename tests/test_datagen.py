@@ -125,13 +125,18 @@ def test_datagen_warns_when_asked_for_a_reserved_task(tmp_path):
     assert pq.read_table(str(tmp_path / "bench") + LABELS_SUFFIX).column("env").unique().to_pylist() == [reserved]
 
 
-def test_datagen_unknown_task_is_a_clear_error(tmp_path):
+def test_datagen_unknown_task_or_camera_is_a_clear_error(tmp_path):
     out = tmp_path / "never"
     result = datagen(out, "--tasks", f"{TASK},no-such-task-v3", "--expert=1")
     assert result.returncode == 1
     assert "error: unknown Meta-World task(s): ['no-such-task-v3']" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not out.exists() and not Path(str(out) + LABELS_SUFFIX).exists()
+
+    result = datagen(out, "--tasks", TASK, "--expert=1", "--camera=corner", "--camera=cornerX")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: unknown Meta-World camera(s) ['cornerX']" in result.stderr and "corner2" in result.stderr
+    assert not out.exists()
 
 
 def test_datagen_refuses_an_existing_output_and_an_empty_request(tmp_path):
@@ -151,23 +156,30 @@ def test_datagen_refuses_an_existing_output_and_an_empty_request(tmp_path):
 
 
 @pytest.mark.slow
-def test_datagen_renders_the_same_scenes_again_from_the_same_seed(tmp_path, rendered):
+def test_datagen_renders_the_same_scenes_again_from_the_same_seed_and_from_more_cameras(tmp_path, rendered):
     """The README's render commands must reproduce a bench: Meta-World draws object and goal
-    placements from a pool it seeds at construction, so the seed has to reach it too."""
+    placements from a pool it seeds at construction, so the seed has to reach it too. A second
+    camera sees the same trajectories: adding it changes nothing the first camera recorded."""
     from pipelines.sources import open_source
 
     first, _ = rendered
     again = tmp_path / "again"
     counts = [f"--{kind}=1" for kind in KINDS]
-    result = datagen(again, "--tasks", TASK, *counts, f"--size={SIZE}", "--workers=1", "--seed=5")
+    cameras = ["--camera=corner", "--camera=corner2"]
+    result = datagen(again, "--tasks", TASK, *counts, f"--size={SIZE}", "--workers=1", "--seed=5", *cameras)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = open_source(str(first)), open_source(str(again))
-    camera = CAMERA_KEY_PREFIX + "corner"
+    camera, other = CAMERA_KEY_PREFIX + "corner", CAMERA_KEY_PREFIX + "corner2"
+    assert b.cameras == [camera, other] and b.camera_shape(other) == (SIZE, SIZE)
     for ea, eb in zip(a.episodes(), b.episodes(), strict=True):
         ta, tb = a.read_frames(ea), b.read_frames(eb)
         np.testing.assert_array_equal(np.stack(list(ta.state)), np.stack(list(tb.state)))
         fa = np.stack(list(a.decode(ea, camera, ta, np.arange(ea.length))))
         fb = np.stack(list(b.decode(eb, camera, tb, np.arange(eb.length))))
         np.testing.assert_array_equal(fa, fb)
+        # another viewpoint of the same motion: different pixels, changing over the episode
+        fo = np.stack(list(b.decode(eb, other, tb, np.arange(eb.length))))
+        assert fo.shape == fb.shape and np.abs(fo.astype(int) - fb).mean() > 10
+        assert np.abs(fo[-1].astype(int) - fo[0]).mean() > 0.5
     labels = [pq.read_table(str(p) + LABELS_SUFFIX).to_pandas() for p in (first, again)]
     assert labels[0].equals(labels[1])

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 def test_eval_reports_the_reference_calibration_and_the_model(tmp_path):
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "wvm.cli", "eval", "--bench", f"fixture={METAWORLD_MINI}", "--out", str(out)]
+    # the camera named explicitly (NAME=DATASET,LABELS,CAMERA; empty LABELS: the file beside it)
+    bench = f"fixture={METAWORLD_MINI},,observation.images.corner"
+    cmd = [sys.executable, "-m", "wvm.cli", "eval", "--bench", bench, "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -32,3 +34,12 @@ def test_eval_reports_the_reference_calibration_and_the_model(tmp_path):
     report = (out / "report.md").read_text()
     assert "| time ramp | 1.000 | 0.157 | -1.000 |" in report and "| WVM |" in report
     assert (out / "plots" / "fixture.png").stat().st_size > 10_000
+
+
+def test_eval_names_a_camera_the_bench_does_not_have(tmp_path):
+    bench = f"fixture={METAWORLD_MINI},,observation.images.nope"
+    cmd = [sys.executable, "-m", "wvm.cli", "eval", "--bench", bench, "--out", str(tmp_path / "eval")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {METAWORLD_MINI}: no camera 'observation.images.nope'" in result.stderr
+    assert "observation.images.corner" in result.stderr and not (tmp_path / "eval").exists()

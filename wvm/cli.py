@@ -32,13 +32,16 @@ def _datagen(args: argparse.Namespace) -> dict:
         raise WvmError(f"nothing to render: {len(tasks)} task(s), episodes per task {per_kind}")
     if os.path.lexists(args.out):  # a clear error instead of the writer's FileExistsError
         raise WvmError(f"{args.out} already exists: datagen writes a new dataset, choose another --out")
+    cameras = tuple(dict.fromkeys(args.camera or ["corner"]))
+    if unknown := [c for c in cameras if c not in metaworld.CAMERAS]:
+        raise WvmError(f"unknown Meta-World camera(s) {unknown}: choose from {list(metaworld.CAMERAS)}")
     config = metaworld.DatagenConfig(
         out=args.out,
         tasks=tasks,
         per_kind=per_kind,
         seed=args.seed,
         size=args.size,
-        camera=args.camera,
+        cameras=cameras,
         fps=args.fps,
         workers=args.workers,
         placement_seed=args.placement_seed,
@@ -73,7 +76,13 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
         help="seed of Meta-World's object/goal placement pool (task i gets this + i); default 100 * --seed",
     )
     mw.add_argument("--size", type=int, default=128, help="square image size in pixels")
-    mw.add_argument("--camera", default="corner", help="Meta-World camera name")
+    mw.add_argument(
+        "--camera",
+        action="append",
+        default=None,
+        help="Meta-World camera to render, repeatable: every frame from each (default corner; "
+        "others: corner2, corner3, corner4, topview, behindGripper, gripperPOV)",
+    )
     mw.add_argument("--fps", type=int, default=20, help="frame rate written to the dataset")
     mw.add_argument("--workers", type=int, default=1, help="parallel render processes")
     mw.set_defaults(run=_datagen)
@@ -198,10 +207,10 @@ def _eval(args: argparse.Namespace) -> dict:
     benches = {}
     for spec in args.bench:
         name, _, rest = spec.partition("=")
-        dataset, _, labels = rest.partition(",")
-        if not dataset:
-            raise WvmError(f"--bench expects NAME=DATASET[,LABELS], got {spec!r}")
-        benches[name] = load_bench(dataset, labels or None)
+        dataset, labels, camera, *extra = [*rest.split(","), "", ""]
+        if not dataset or any(extra):
+            raise WvmError(f"--bench expects NAME=DATASET[,LABELS[,CAMERA]], got {spec!r}")
+        benches[name] = load_bench(dataset, labels or None, camera or None)
     handlers = {RAMP: None}
     for spec in args.model or [f"WVM={args.checkpoint or ''}"]:
         name, _, path = spec.partition("=")
@@ -223,8 +232,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "--bench",
         action="append",
         required=True,
-        metavar="NAME=DATASET[,LABELS]",
-        help="repeatable; LABELS 'expert' marks a dataset of successful demonstrations without labels (Expert-VOC only)",
+        metavar="NAME=DATASET[,LABELS[,CAMERA]]",
+        help="repeatable; LABELS 'expert' marks a dataset of successful demonstrations without labels (Expert-VOC only), "
+        "empty for the labels file beside the dataset; CAMERA: the camera key to score (default: the first third-person one)",
     )
     p.add_argument("--model", action="append", metavar="NAME=CHECKPOINT", help="repeatable; default: the shipped model")
     p.add_argument("--checkpoint", default=None, help="shorthand for a single --model WVM=CHECKPOINT")

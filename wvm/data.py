@@ -31,17 +31,19 @@ class TrainingEpisode:
     source: str  # for logs: store url + episode index
 
 
+EVERY_CAMERA = "all"  # DataSpec.camera: each camera of an episode is a training episode of its own
+
+
 def load_episodes(store_url: str, labels_url: str | None = None, camera: str | None = None) -> list[TrainingEpisode]:
     """Every episode of an episode store with its ground truth: from a labels table when one
-    is given, else normalised time t/(T-1) (the expert-data target)."""
+    is given, else normalised time t/(T-1) (the expert-data target). `camera`: one camera key
+    (default: each episode's first) or EVERY_CAMERA, the same motion seen from each viewpoint."""
     from pipelines.store import EpisodeStore
 
     store = EpisodeStore(store_url)
     labels = ground_truth_by_episode(labels_url) if labels_url else {}
     episodes = []
     for row in store.episodes().to_pylist():
-        cam = camera or row[layout.CAMERAS][0]
-        frames = store.read_frames(row, cam)
         index, length = row[layout.SOURCE_EPISODE_INDEX], row[layout.LENGTH]
         label = labels.get(index)
         if label is not None:
@@ -51,9 +53,13 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
             values = ground_truth(length, kind, int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0]))
         else:
             kind, values = "expert", ground_truth(length, "expert")
-        episodes.append(
-            TrainingEpisode(frames, values.astype(np.float32), row[layout.TASK], kind, row[layout.FPS], f"{store_url}#{index}")
-        )
+        cameras = row[layout.CAMERAS] if camera == EVERY_CAMERA else [camera or row[layout.CAMERAS][0]]
+        for cam in cameras:
+            episodes.append(
+                TrainingEpisode(
+                    store.read_frames(row, cam), values.astype(np.float32), row[layout.TASK], kind, row[layout.FPS], f"{store_url}#{index}/{cam}"
+                )
+            )
     log.info("loaded %d episodes (%d frames) from %s", len(episodes), sum(len(e.values) for e in episodes), store_url)
     return episodes
 

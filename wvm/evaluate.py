@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.errors import WvmError
 from pipelines.sources import open_source
 from pipelines.weights import episode_summary
 from pipelines.windows import EpisodeChain, label_episodes
@@ -55,6 +56,8 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
     source = open_source(dataset)
     truth = None if labels == EXPERT_ONLY else ground_truth_by_episode(labels or dataset.rstrip("/") + LABELS_SUFFIX)
     camera = camera or source.default_camera()
+    if camera not in source.cameras:
+        raise WvmError(f"{dataset}: no camera {camera!r} to score (it has {source.cameras})")
     episodes = []
     for episode in source.episodes():
         label = truth.get(episode.index) if truth is not None else None

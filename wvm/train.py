@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class DataSpec:
     store: str  # an episode store (from `wvm ingest`)
     labels: str | None = None  # ground-truth labels; None: expert data, target t/(T-1)
-    camera: str | None = None  # default: the first camera
+    camera: str | None = None  # default: the first camera; "all" (wvm.data.EVERY_CAMERA): every camera
 
 
 @dataclass

@@ -48,6 +48,10 @@ from schemas.ground_truth import GROUND_TRUTH, KINDS, LABELS_SUFFIX
 from schemas.validate import conform
 from wvm.metrics import ground_truth
 
+# mujoco picks its offscreen GL platform once, when first imported (here or in a forked render
+# worker): headless EGL unless the user chose another
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 # REFERENCE §4: never train the shipped model on these; they measure generalisation.
 RESERVED_TASKS = tuple(
     f"{name}-v3"
@@ -61,6 +65,8 @@ RESERVED_TASKS = tuple(
 log = logging.getLogger(__name__)
 
 CAMERA_KEY_PREFIX = "observation.images."
+# the named cameras of Meta-World's scenes (every task has them all)
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 
 
 def all_tasks() -> tuple[str, ...]:
@@ -85,7 +91,9 @@ class DatagenConfig:
     per_kind: dict[str, int]  # episodes per task for each kind
     seed: int = 0
     size: int = 128
-    camera: str = "corner"
+    # Meta-World cameras to render every frame from (one dataset camera key each); the same
+    # trajectory seen from several viewpoints, as real multi-camera datasets hold it
+    cameras: tuple[str, ...] = ("corner",)
     fps: int = 20
     record_every: tuple[int, int] = (3, 5)  # env steps per recorded frame, inclusive range
     max_steps: int = 500
@@ -112,7 +120,7 @@ class EpisodePlan:
 @dataclass
 class Rollout:
     plan: EpisodePlan
-    images: np.ndarray  # uint8 (T, H, W, 3)
+    images: dict[str, np.ndarray]  # camera -> uint8 (T, H, W, 3)
     state: np.ndarray  # float32 (T, 4): hand xyz + gripper opening; (T, 39) with full_state
     action: np.ndarray  # float32 (T, 4)
     seg_start: int
@@ -123,29 +131,45 @@ class Rollout:
 class _TaskSimulator:
     """One Meta-World task with its expert policy and a fast renderer."""
 
-    def __init__(self, task: str, size: int, camera: str, max_steps: int, full_state: bool = False, noise_scale: float = 0.3, placement_seed: int | None = None):
-        os.environ.setdefault("MUJOCO_GL", "egl")
+    def __init__(
+        self,
+        task: str,
+        size: int,
+        cameras: tuple[str, ...],
+        max_steps: int,
+        full_state: bool = False,
+        noise_scale: float = 0.3,
+        placement_seed: int | None = None,
+    ):
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the environments)
+        import mujoco
         from metaworld.policies import ENV_POLICY_MAP
 
-        self.env = gym.make(
-            "Meta-World/MT1",
-            env_name=task,
-            render_mode="rgb_array",
-            width=size,
-            height=size,
-            camera_name=camera,
-            max_episode_steps=10 * max_steps,
-            seed=placement_seed,
-        )
+        self.env = gym.make("Meta-World/MT1", env_name=task, max_episode_steps=10 * max_steps, seed=placement_seed)
         # Hesitation and retry add steps beyond the benchmark's 500-step limit.
         self.env.unwrapped.max_path_length = 10 * max_steps
-        self.env.unwrapped.model.vis.quality.shadowsize = 1024
+        model = self.env.unwrapped.model
+        model.vis.quality.shadowsize = 1024
+        # One offscreen renderer serves every camera: the same pixels as the env's own
+        # rgb_array render of that camera, flipped upright.
+        self.renderer, self.cameras = mujoco.Renderer(model, size, size), cameras
         self.policy = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
         self.state_slice = slice(None) if full_state else slice(0, 4)
         self.noise_scale = noise_scale
+
+    def render(self) -> dict[str, np.ndarray]:
+        """The current frame from every camera."""
+        views = {}
+        for camera in self.cameras:
+            self.renderer.update_scene(self.env.unwrapped.data, camera=camera)
+            views[camera] = self.renderer.render()
+        return views
+
+    def close(self) -> None:
+        self.renderer.close()
+        self.env.close()
 
     def expert_length(self, seed: int, every: int) -> int | None:
         """Recorded length of the plain expert episode for this seed (no rendering)."""
@@ -169,7 +193,7 @@ class _TaskSimulator:
         noise = _CorrelatedNoise(self.noise_scale, np.random.default_rng([plan.seed, 11])) if plan.kind == "noisy" else None
 
         def record(a: np.ndarray) -> None:
-            images.append(self.env.render()[::-1].copy())  # MuJoCo renders bottom-up
+            images.append(self.render())
             states.append(obs[self.state_slice].astype(np.float32))
             actions.append(np.asarray(a, dtype=np.float32))
             if noise is not None:
@@ -203,7 +227,7 @@ class _TaskSimulator:
                     return None  # succeeded before the planned segment
                 seg_start, seg_end = (m, m + x) if m >= 0 else (-1, -1)
                 progress = self._measured_progress(snapshots) if noise is not None else None
-                return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), seg_start, seg_end, progress)
+                return Rollout(plan, _stack_views(images), np.stack(states), np.stack(actions), seg_start, seg_end, progress)
         return None
 
     def _snapshot(self, obs: np.ndarray) -> tuple:
@@ -246,7 +270,7 @@ class _TaskSimulator:
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         obs, _ = self.env.reset(seed=plan.seed)
-        images, states, actions = [self.env.render()[::-1].copy()], [obs[self.state_slice].astype(np.float32)], [np.zeros(4, np.float32)]
+        images, states, actions = [self.render()], [obs[self.state_slice].astype(np.float32)], [np.zeros(4, np.float32)]
         last = np.zeros(4, np.float32)
         step = 0
         while len(images) < length:
@@ -264,10 +288,14 @@ class _TaskSimulator:
             if info["success"]:
                 return None
             if step % every == 0:
-                images.append(self.env.render()[::-1].copy())
+                images.append(self.render())
                 states.append(obs[self.state_slice].astype(np.float32))
                 actions.append(a)
-        return Rollout(plan, np.stack(images), np.stack(states), np.stack(actions), m, length - 1)
+        return Rollout(plan, _stack_views(images), np.stack(states), np.stack(actions), m, length - 1)
+
+
+def _stack_views(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {camera: np.stack([f[camera] for f in frames]) for camera in frames[0]}
 
 
 class _CorrelatedNoise:
@@ -290,7 +318,7 @@ class _CorrelatedNoise:
 def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[Rollout]:
     config, task, plans = args
     placement_seed = config.task_placement_seed(task)
-    sim = _TaskSimulator(task, config.size, config.camera, config.max_steps, config.full_state, config.noise_scale, placement_seed)
+    sim = _TaskSimulator(task, config.size, config.cameras, config.max_steps, config.full_state, config.noise_scale, placement_seed)
     rollouts = []
     for plan in plans:
         rollout = None
@@ -322,7 +350,7 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
                 break
         if rollout is not None:
             rollouts.append(rollout)
-    sim.env.close()
+    sim.close()
     return rollouts
 
 
@@ -339,12 +367,11 @@ def generate(config: DatagenConfig) -> dict:
             for _ in range(config.per_kind.get(kind, 0))
         ]
         jobs.append((config, task, plans))
-    camera_key = CAMERA_KEY_PREFIX + config.camera
     writer = LeRobotV3Writer(
         root=config.out,
         fps=config.fps,
         robot_type="sawyer",
-        cameras={camera_key: (config.size, config.size)},
+        cameras={CAMERA_KEY_PREFIX + camera: (config.size, config.size) for camera in config.cameras},
         state_dim=39 if config.full_state else 4,
         action_dim=4,
     )
@@ -353,8 +380,9 @@ def generate(config: DatagenConfig) -> dict:
     with tqdm(total=total, desc="render", unit="ep") as bar, ProcessPoolExecutor(config.workers) as pool:
         for rollouts in pool.map(_simulate_task, jobs):
             for r in rollouts:
-                index = writer.add_episode({camera_key: r.images}, r.state, r.action, task_text(r.plan.task))
-                T = len(r.images)
+                views = {CAMERA_KEY_PREFIX + camera: images for camera, images in r.images.items()}
+                index = writer.add_episode(views, r.state, r.action, task_text(r.plan.task))
+                T = len(r.state)
                 gt = r.progress if r.progress is not None else ground_truth(T, r.plan.kind, r.seg_start, r.seg_end)
                 labels.append(
                     pa.table(
