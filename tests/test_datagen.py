@@ -183,3 +183,33 @@ def test_datagen_renders_the_same_scenes_again_from_the_same_seed_and_from_more_
         assert np.abs(fo[-1].astype(int) - fo[0]).mean() > 0.5
     labels = [pq.read_table(str(p) + LABELS_SUFFIX).to_pandas() for p in (first, again)]
     assert labels[0].equals(labels[1])
+
+
+# Compares one camera in a fresh process: two GL contexts of different owners in one process
+# (gymnasium's viewer, mujoco.Renderer) do not survive being closed and made again.
+SAME_PIXELS = """
+import sys, numpy as np, gymnasium as gym
+from wvm.datagen.metaworld import _TaskSimulator
+task, size, camera = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sim = _TaskSimulator(task, size, ("corner", "corner2"), max_steps=50, placement_seed=3)
+env = gym.make("Meta-World/MT1", env_name=task, render_mode="rgb_array", width=size, height=size, camera_name=camera, seed=3)
+env.unwrapped.model.vis.quality.shadowsize = 1024  # as datagen always set it
+env.reset(seed=11)
+sim.env.reset(seed=11)
+for _ in range(5):
+    env.step(np.full(4, 0.5, np.float32))
+    sim.env.step(np.full(4, 0.5, np.float32))
+ours, theirs = sim.render()[camera], env.render()[::-1]
+print("mismatched", int((ours != theirs).sum()), "std", float(ours.std()))
+"""
+
+
+@pytest.mark.parametrize("camera", ["corner", "corner2"])
+def test_datagen_frames_match_the_gymnasium_render_earlier_datasets_were_made_with(camera):
+    """One renderer serves every camera now; its frames must be pixel for pixel what
+    gymnasium's rgb_array render gave (flipped upright), or new renders would not match the
+    benches and fixtures rendered before."""
+    result = subprocess.run([sys.executable, "-c", SAME_PIXELS, TASK, str(SIZE), camera], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    words = result.stdout.split()
+    assert words[0] == "mismatched" and int(words[1]) == 0 and float(words[3]) > 10, result.stdout

@@ -151,8 +151,8 @@ class _TaskSimulator:
         self.env.unwrapped.max_path_length = 10 * max_steps
         model = self.env.unwrapped.model
         model.vis.quality.shadowsize = 1024
-        # One offscreen renderer serves every camera: the same pixels as the env's own
-        # rgb_array render of that camera, flipped upright.
+        # One offscreen renderer serves every camera: the env's own rgb_array render of that
+        # camera gives the same pixels.
         self.renderer, self.cameras = mujoco.Renderer(model, size, size), cameras
         self.policy = ENV_POLICY_MAP[task]()
         self.max_steps = max_steps
@@ -164,7 +164,7 @@ class _TaskSimulator:
         views = {}
         for camera in self.cameras:
             self.renderer.update_scene(self.env.unwrapped.data, camera=camera)
-            views[camera] = self.renderer.render()
+            views[camera] = self.renderer.render()[::-1].copy()  # Meta-World's cameras see the scene upside down
         return views
 
     def close(self) -> None:
