@@ -78,6 +78,9 @@ class WVMConfig:
     # "rates" head only: cross-entropy of its success probability against whether the episode's
     # ground truth ends at 1; otherwise success is learnt only through the values it scales
     value_success_weight: float = 0.0
+    # "rates" head only: success is judged by one extra value token that attends to every frame
+    # and value token, instead of the mean of the value tokens that also judge the rates
+    value_success_token: bool = False
     # "direct": each value token's head is the value's flow velocity. "rates": each token judges
     # the work done since the previous sample (+ progressing, 0 paused, - undoing) and the
     # episode whether it succeeds; values are the running sum of the rates (see progress_from_rates)
@@ -103,8 +106,8 @@ class WVMConfig:
     def __post_init__(self):
         if self.value_head not in ("direct", "rates"):
             raise ValueError(f"value_head must be 'direct' or 'rates', got {self.value_head!r}")
-        if self.value_success_weight > 0 and self.value_head != "rates":
-            raise ValueError("value_success_weight needs value_head 'rates' (the direct head has no success probability)")
+        if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
+            raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
 
     @property
     def latent_size(self) -> int:
@@ -304,6 +307,7 @@ class ValueStream(nn.Module):
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
         self.success = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1)) if config.value_head == "rates" else None
+        self.success_query = nn.Parameter(torch.randn(1, 1, w) * 0.02) if config.value_success_token else None
 
     def embed(
         self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor, valid: torch.Tensor
@@ -456,15 +460,21 @@ class WorldValueModel(nn.Module):
         y = self.value.embed(values, value_t, where, patches, frame_t, valid)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
-        value_keys = valid[:, None, None]
+        value_keys = valid
+        if self.value.success_query is not None:  # one more value token, after the samples
+            y = torch.cat([y, self.value.success_query.expand(b, 1, -1)], dim=1)
+            value_keys = torch.cat([valid, valid.new_ones(b, 1)], dim=1)
         for layer in self.layers:
-            x, y = layer(x, y, video_keys, value_keys)
+            x, y = layer(x, y, video_keys, value_keys[:, None, None])
         video_velocity = self.video.head(x[:, 1:]).view(b, n, tpf, -1)
-        head = self.value.head(y).squeeze(-1)
+        head = self.value.head(y[:, :n]).squeeze(-1)
         if self.config.value_head == "direct":
             return video_velocity, head, None
-        pooled = (y * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
-        success = torch.sigmoid(self.value.success(pooled).squeeze(-1))
+        if self.value.success_query is not None:
+            judged = y[:, n]
+        else:
+            judged = (y * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+        success = torch.sigmoid(self.value.success(judged).squeeze(-1))
         # the clean values are predicted outright; as a velocity from the noised input that is
         # what one Euler step from t = 0 (inference) lands on
         return video_velocity, progress_from_rates(head, success, valid) - values, success
