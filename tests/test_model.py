@@ -18,7 +18,9 @@ SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_wi
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 VALUE_STREAMS = pytest.mark.parametrize(
-    "stream", [{}, V3, {**V3, "value_success_token": True}], ids=["direct", "rates", "rates+success-token"]
+    "stream",
+    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_rates_bounded": True}],
+    ids=["direct", "rates", "rates+success-token", "rates-bounded"],
 )
 
 
@@ -96,6 +98,18 @@ def test_one_step_inference_is_deterministic_for_a_fixed_seed(stream):
     other_seed = small_model(noise_seed=1, **stream)
     other_seed.load_state_dict(small_model(**stream).state_dict())
     assert not torch.equal(other_seed.predict(frames, text, lengths), a)
+
+
+@pytest.mark.parametrize("reads_text", [True, False])
+def test_reads_text_decides_whether_the_task_text_changes_the_outputs(reads_text):
+    model = small_model(**V3, reads_text=reads_text)
+    batch = random_batch(model.config)
+    n = model.config.samples_per_episode
+    frame_t, t = torch.ones(3, n), torch.zeros(3)
+    video_a, value_a = model(batch.latents, frame_t, batch.text, batch.values, t, batch.valid)
+    video_b, value_b = model(batch.latents, frame_t, -batch.text, batch.values, t, batch.valid)
+    assert torch.equal(value_a, value_b) != reads_text
+    assert torch.equal(video_a, video_b) != reads_text
 
 
 def _train(model, batch, steps: int, key: str) -> list[float]:

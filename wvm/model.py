@@ -68,6 +68,9 @@ class WVMConfig:
     head_dim: int = 32
     mlp_ratio: int = 4
     text_dim: int = 384  # all-MiniLM-L6-v2 sentence embeddings
+    # False: the task text is ignored (read as zeros, the text-dropout input) and values come from
+    # the frames alone; a task name never trained on is itself an unfamiliar input
+    reads_text: bool = True
     # training recipe
     video_loss_weight: float = 1.0  # lambda; 0 gives the "no video loss" ablation
     value_loss_weight: float = 1.0  # 0 in stage 1 (world-model pretraining)
@@ -81,6 +84,9 @@ class WVMConfig:
     # "rates" head only: success is judged by one extra value token that attends to every frame
     # and value token, instead of the mean of the value tokens that also judge the rates
     value_success_token: bool = False
+    # "rates" head only: each rate is tanh-bounded to [-1, 1], a judgement of the motion's state
+    # (undoing, paused, working at the episode's own pace) rather than an unbounded magnitude
+    value_rates_bounded: bool = False
     # "direct": each value token's head is the value's flow velocity. "rates": each token judges
     # the work done since the previous sample (+ progressing, 0 paused, - undoing) and the
     # episode whether it succeeds; values are the running sum of the rates (see progress_from_rates)
@@ -106,8 +112,8 @@ class WVMConfig:
     def __post_init__(self):
         if self.value_head not in ("direct", "rates"):
             raise ValueError(f"value_head must be 'direct' or 'rates', got {self.value_head!r}")
-        if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
-            raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
+        if (self.value_success_weight > 0 or self.value_success_token or self.value_rates_bounded) and self.value_head != "rates":
+            raise ValueError("value_success_weight, value_success_token and value_rates_bounded need value_head 'rates'")
 
     @property
     def latent_size(self) -> int:
@@ -454,6 +460,8 @@ class WorldValueModel(nn.Module):
         """`forward` plus the rates head's success probability (B,) (None for the direct head)."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
+        if not self.config.reads_text:
+            text = torch.zeros_like(text)
         where = episode_time(valid)
         patches = self.video.patchify(latents)
         x = self.video.embed(patches, text, frame_t, where)
@@ -475,6 +483,8 @@ class WorldValueModel(nn.Module):
         else:
             judged = (y * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
         success = torch.sigmoid(self.value.success(judged).squeeze(-1))
+        if self.config.value_rates_bounded:
+            head = torch.tanh(head)
         # the clean values are predicted outright; as a velocity from the noised input that is
         # what one Euler step from t = 0 (inference) lands on
         return video_velocity, progress_from_rates(head, success, valid) - values, success
