@@ -19,8 +19,8 @@ SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_wi
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 VALUE_STREAMS = pytest.mark.parametrize(
     "stream",
-    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_rates_bounded": True}],
-    ids=["direct", "rates", "rates+success-token", "rates-bounded"],
+    [{}, V3, {**V3, "value_success_token": True}],
+    ids=["direct", "rates", "rates+success-token"],
 )
 
 

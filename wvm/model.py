@@ -84,9 +84,6 @@ class WVMConfig:
     # "rates" head only: success is judged by one extra value token that attends to every frame
     # and value token, instead of the mean of the value tokens that also judge the rates
     value_success_token: bool = False
-    # "rates" head only: each rate is tanh-bounded to [-1, 1], a judgement of the motion's state
-    # (undoing, paused, working at the episode's own pace) rather than an unbounded magnitude
-    value_rates_bounded: bool = False
     # "direct": each value token's head is the value's flow velocity. "rates": each token judges
     # the work done since the previous sample (+ progressing, 0 paused, - undoing) and the
     # episode whether it succeeds; values are the running sum of the rates (see progress_from_rates)
@@ -112,8 +109,8 @@ class WVMConfig:
     def __post_init__(self):
         if self.value_head not in ("direct", "rates"):
             raise ValueError(f"value_head must be 'direct' or 'rates', got {self.value_head!r}")
-        if (self.value_success_weight > 0 or self.value_success_token or self.value_rates_bounded) and self.value_head != "rates":
-            raise ValueError("value_success_weight, value_success_token and value_rates_bounded need value_head 'rates'")
+        if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
+            raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
 
     @property
     def latent_size(self) -> int:
@@ -483,8 +480,6 @@ class WorldValueModel(nn.Module):
         else:
             judged = (y * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
         success = torch.sigmoid(self.value.success(judged).squeeze(-1))
-        if self.config.value_rates_bounded:
-            head = torch.tanh(head)
         # the clean values are predicted outright; as a velocity from the noised input that is
         # what one Euler step from t = 0 (inference) lands on
         return video_velocity, progress_from_rates(head, success, valid) - values, success
