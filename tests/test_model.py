@@ -112,6 +112,14 @@ def test_reads_text_decides_whether_the_task_text_changes_the_outputs(reads_text
     assert torch.equal(video_a, video_b) != reads_text
 
 
+def test_a_model_that_ignores_the_text_gets_zeros_without_the_sentence_encoder():
+    from wvm.text import TextEncoder, ZeroText, text_encoder_for
+
+    embed = text_encoder_for(WVMConfig(**SMALL, reads_text=False))
+    assert isinstance(embed, ZeroText) and torch.equal(embed(["open the door", "x"]), torch.zeros(2, 384))
+    assert isinstance(text_encoder_for(WVMConfig(**SMALL)), TextEncoder)
+
+
 def _train(model, batch, steps: int, key: str) -> list[float]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []

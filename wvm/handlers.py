@@ -60,12 +60,12 @@ class LocalHandler(ValueModelHandler):
         import torch
 
         from wvm.checkpoint import load_model
-        from wvm.text import TextEncoder
+        from wvm.text import text_encoder_for
 
         if self.threads:
             torch.set_num_threads(self.threads)
         self._loaded = load_model(self.checkpoint, device=self.device)
-        self._text = TextEncoder(self.device)
+        self._text = text_encoder_for(self._loaded.config, self.device)
         self.version = self._loaded.version
         self.checkpoint_hash = self._loaded.checkpoint_hash
         self.geometry = WindowGeometry.of(self._loaded.config)

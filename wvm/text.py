@@ -40,3 +40,20 @@ class TextEncoder:
                     embedding = self._model.encode([text], normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
                     self._cache[text] = embedding[0].float().cpu()
             return torch.stack([self._cache[t] for t in texts]).to(self.device)
+
+
+class ZeroText:
+    """The text input of a model that does not read the task text (`WVMConfig.reads_text` false):
+    zeros, without loading the sentence encoder."""
+
+    def __init__(self, dim: int, device: str = "cpu"):
+        self.dim, self.device = dim, device
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return torch.zeros(len(texts), self.dim, device=self.device)
+
+
+def text_encoder_for(config, device: str = "cpu") -> TextEncoder | ZeroText:
+    """What embeds a model's (`WVMConfig`) task texts: the sentence encoder, or zeros when the
+    model ignores them."""
+    return TextEncoder(device) if config.reads_text else ZeroText(config.text_dim, device)

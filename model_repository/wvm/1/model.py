@@ -21,7 +21,7 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 from schemas import inference as contract
 from wvm.checkpoint import load_model
 from wvm.model import predict_with_ood
-from wvm.text import TextEncoder
+from wvm.text import text_encoder_for
 
 
 def _input(request, name: str) -> torch.Tensor:
@@ -63,8 +63,8 @@ class TritonPythonModel:
             )
         self.window_frames = model_config.window_frames
         self.version = contract.format_model_version(self.loaded.version, self.loaded.checkpoint_hash).encode()
-        self.text = TextEncoder(device)
-        self.text([" "])  # load the sentence encoder now, not on the first request
+        self.text = text_encoder_for(model_config, device)
+        self.text([" "])  # load the sentence encoder (if the model reads text) now, not on the first request
 
     def execute(self, requests):
         responses = [None] * len(requests)
