@@ -18,9 +18,7 @@ SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_wi
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 VALUE_STREAMS = pytest.mark.parametrize(
-    "stream",
-    [{}, V3, {**V3, "value_success_token": True}],
-    ids=["direct", "rates", "rates+success-token"],
+    "stream", [{}, V3, {**V3, "value_success_token": True}], ids=["direct", "rates", "rates+success-token"]
 )
 
 
