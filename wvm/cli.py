@@ -35,6 +35,10 @@ def _datagen(args: argparse.Namespace) -> dict:
     cameras = tuple(dict.fromkeys(args.camera or ["corner"]))
     if unknown := [c for c in cameras if c not in metaworld.CAMERAS]:
         raise WvmError(f"unknown Meta-World camera(s) {unknown}: choose from {list(metaworld.CAMERAS)}")
+    if not 0 <= args.camera_jitter <= 45:
+        raise WvmError(f"--camera-jitter {args.camera_jitter}: expected degrees from 0 to 45")
+    if args.camera_jitter and (on_arm := [c for c in cameras if c in metaworld.ARM_CAMERAS]):
+        raise WvmError(f"--camera-jitter moves cameras fixed in the scene; {on_arm} ride on the arm")
     config = metaworld.DatagenConfig(
         out=args.out,
         tasks=tasks,
@@ -42,6 +46,7 @@ def _datagen(args: argparse.Namespace) -> dict:
         seed=args.seed,
         size=args.size,
         cameras=cameras,
+        camera_jitter=args.camera_jitter,
         fps=args.fps,
         workers=args.workers,
         placement_seed=args.placement_seed,
@@ -82,6 +87,14 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="Meta-World camera to render, repeatable: every frame from each (default corner; "
         "others: corner2, corner3, corner4, topview, behindGripper, gripperPOV)",
+    )
+    mw.add_argument(
+        "--camera-jitter",
+        type=float,
+        default=0.0,
+        metavar="DEG",
+        help="a new viewpoint per episode: cameras orbit what they look at by up to DEG degrees in azimuth "
+        "(DEG/2 in elevation) and move up to DEG %% closer or farther (default 0: the named cameras as they are)",
     )
     mw.add_argument("--fps", type=int, default=20, help="frame rate written to the dataset")
     mw.add_argument("--workers", type=int, default=1, help="parallel render processes")

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 CAMERA_KEY_PREFIX = "observation.images."
 # the named cameras of Meta-World's scenes (every task has them all)
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+ARM_CAMERAS = ("behindGripper", "gripperPOV")  # ride on the arm: no fixed viewpoint to jitter
 
 
 def all_tasks() -> tuple[str, ...]:
@@ -94,6 +95,10 @@ class DatagenConfig:
     # Meta-World cameras to render every frame from (one dataset camera key each); the same
     # trajectory seen from several viewpoints, as real multi-camera datasets hold it
     cameras: tuple[str, ...] = ("corner",)
+    # Per-episode viewpoint change, in degrees: each episode's cameras orbit the point they look
+    # at by up to this much in azimuth and half as much in elevation, and move up to this many
+    # percent closer or farther. 0 renders the named cameras as they are.
+    camera_jitter: float = 0.0
     fps: int = 20
     record_every: tuple[int, int] = (3, 5)  # env steps per recorded frame, inclusive range
     max_steps: int = 500
@@ -140,6 +145,7 @@ class _TaskSimulator:
         full_state: bool = False,
         noise_scale: float = 0.3,
         placement_seed: int | None = None,
+        camera_jitter: float = 0.0,
     ):
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the environments)
@@ -158,6 +164,39 @@ class _TaskSimulator:
         self.max_steps = max_steps
         self.state_slice = slice(None) if full_state else slice(0, 4)
         self.noise_scale = noise_scale
+        self.camera_jitter = camera_jitter
+        ids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) for camera in cameras]
+        self.camera_home = {i: (model.cam_pos[i].copy(), model.cam_quat[i].copy()) for i in ids}
+
+    def place_cameras(self, seed: int, hand: np.ndarray) -> None:
+        """This episode's viewpoints (`camera_jitter`): every camera orbits the point of its
+        optical axis nearest the hand's start, by a random azimuth and elevation, and moves
+        along the axis by a random factor; the same episode seed gives the same viewpoints."""
+        if not self.camera_jitter:
+            return
+        import mujoco
+
+        env = self.env.unwrapped
+        rng = np.random.default_rng([seed, 13])
+        for i, (home_pos, home_quat) in self.camera_home.items():
+            azimuth, elevation = np.radians(self.camera_jitter * rng.uniform(-1, 1, 2) * (1.0, 0.5))
+            scale = 1.0 + self.camera_jitter / 100 * rng.uniform(-1, 1)
+            rotation = np.empty(9)
+            mujoco.mju_quat2Mat(rotation, home_quat)
+            forward = -rotation.reshape(3, 3)[:, 2]  # MuJoCo cameras look along their -z
+            pivot = home_pos + forward * max(float(np.dot(hand - home_pos, forward)), 0.1)
+            side = np.cross(forward, (0.0, 0.0, 1.0))
+            side /= max(np.linalg.norm(side), 1e-9)
+            turn, tilt, orbit = np.empty(4), np.empty(4), np.empty(4)
+            mujoco.mju_axisAngle2Quat(turn, np.array([0.0, 0.0, 1.0]), azimuth)
+            mujoco.mju_axisAngle2Quat(tilt, side, elevation)
+            mujoco.mju_mulQuat(orbit, turn, tilt)
+            offset = np.empty(3)
+            mujoco.mju_rotVecQuat(offset, (home_pos - pivot) * scale, orbit)
+            quat = np.empty(4)
+            mujoco.mju_mulQuat(quat, orbit, home_quat)
+            env.model.cam_pos[i], env.model.cam_quat[i] = pivot + offset, quat
+        mujoco.mj_forward(env.model, env.data)  # the renderer reads camera poses from data
 
     def render(self) -> dict[str, np.ndarray]:
         """The current frame from every camera."""
@@ -189,6 +228,7 @@ class _TaskSimulator:
         if plan.kind == "failed":
             return self._failed_rollout(plan, every, *seg)
         obs, _ = self.env.reset(seed=plan.seed)
+        self.place_cameras(plan.seed, obs[:3])
         images, states, actions, history, snapshots = [], [], [], [], []
         noise = _CorrelatedNoise(self.noise_scale, np.random.default_rng([plan.seed, 11])) if plan.kind == "noisy" else None
 
@@ -270,6 +310,7 @@ class _TaskSimulator:
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         obs, _ = self.env.reset(seed=plan.seed)
+        self.place_cameras(plan.seed, obs[:3])
         images, states, actions = [self.render()], [obs[self.state_slice].astype(np.float32)], [np.zeros(4, np.float32)]
         last = np.zeros(4, np.float32)
         step = 0
@@ -318,7 +359,9 @@ class _CorrelatedNoise:
 def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[Rollout]:
     config, task, plans = args
     placement_seed = config.task_placement_seed(task)
-    sim = _TaskSimulator(task, config.size, config.cameras, config.max_steps, config.full_state, config.noise_scale, placement_seed)
+    sim = _TaskSimulator(
+        task, config.size, config.cameras, config.max_steps, config.full_state, config.noise_scale, placement_seed, config.camera_jitter
+    )
     rollouts = []
     for plan in plans:
         rollout = None
