@@ -183,10 +183,10 @@ class _TaskSimulator:
             scale = 1.0 + self.camera_jitter / 100 * rng.uniform(-1, 1)
             rotation = np.empty(9)
             mujoco.mju_quat2Mat(rotation, home_quat)
-            forward = -rotation.reshape(3, 3)[:, 2]  # MuJoCo cameras look along their -z
+            # MuJoCo cameras look along their -z; tilting about their x axis (image right) raises
+            # or lowers the view, also for a camera looking straight down
+            side, forward = rotation.reshape(3, 3)[:, 0], -rotation.reshape(3, 3)[:, 2]
             pivot = home_pos + forward * max(float(np.dot(hand - home_pos, forward)), 0.1)
-            side = np.cross(forward, (0.0, 0.0, 1.0))
-            side /= max(np.linalg.norm(side), 1e-9)
             turn, tilt, orbit = np.empty(4), np.empty(4), np.empty(4)
             mujoco.mju_axisAngle2Quat(turn, np.array([0.0, 0.0, 1.0]), azimuth)
             mujoco.mju_axisAngle2Quat(tilt, side, elevation)
