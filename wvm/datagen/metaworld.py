@@ -198,6 +198,12 @@ class _TaskSimulator:
             env.model.cam_pos[i], env.model.cam_quat[i] = pivot + offset, quat
         mujoco.mj_forward(env.model, env.data)  # the renderer reads camera poses from data
 
+    def _start(self, seed: int) -> np.ndarray:
+        """Reset the scene and place this episode's cameras; the first observation."""
+        obs, _ = self.env.reset(seed=seed)
+        self.place_cameras(seed, obs[:3])
+        return obs
+
     def render(self) -> dict[str, np.ndarray]:
         """The current frame from every camera."""
         views = {}
@@ -227,8 +233,7 @@ class _TaskSimulator:
         """
         if plan.kind == "failed":
             return self._failed_rollout(plan, every, *seg)
-        obs, _ = self.env.reset(seed=plan.seed)
-        self.place_cameras(plan.seed, obs[:3])
+        obs = self._start(plan.seed)
         images, states, actions, history, snapshots = [], [], [], [], []
         noise = _CorrelatedNoise(self.noise_scale, np.random.default_rng([plan.seed, 11])) if plan.kind == "noisy" else None
 
@@ -301,7 +306,6 @@ class _TaskSimulator:
         s = np.asarray(steps_to_go, dtype=np.float64)
         return np.clip(1.0 - s / max(s[0], 1.0), 0.0, 1.0)
 
-
     def _failed_rollout(self, plan: EpisodePlan, every: int, m: int, length: int) -> Rollout | None:
         """The expert until frame m, then a failure mode until `length` frames; None if the
         task succeeds anyway."""
@@ -309,8 +313,7 @@ class _TaskSimulator:
         mode = ("stall", "drift", "drop")[int(rng.integers(0, 3))]
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
-        obs, _ = self.env.reset(seed=plan.seed)
-        self.place_cameras(plan.seed, obs[:3])
+        obs = self._start(plan.seed)
         images, states, actions = [self.render()], [obs[self.state_slice].astype(np.float32)], [np.zeros(4, np.float32)]
         last = np.zeros(4, np.float32)
         step = 0
