@@ -53,7 +53,7 @@ class BenchConfig:
     horizon: int = 10  # action chunk H, also the advantage horizon of every label source
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    workers: int = 1  # processes for rendering and for policies (one task per process)
+    workers: int = 1  # processes for rendering (one task each) and for policies (one task and seed each)
     runs: tuple[Run, ...] = RUNS
 
 
@@ -96,17 +96,20 @@ def run_bench(config: BenchConfig) -> dict:
     consistency = check_wvm_weights(sources, episodes, config.horizon)
 
     start = time.perf_counter()
-    jobs = [(config, task, [e for e in episodes if e.task == task], sources, model_key) for task in config.data.tasks]
-    for task, eps in zip(config.data.tasks, (j[2] for j in jobs)):
-        if not eps:
-            raise WvmError(f"the dataset has no episode of task {task}")
+    per_task = {task: [e for e in episodes if e.task == task] for task in config.data.tasks}
+    if empty := [task for task, eps in per_task.items() if not eps]:
+        raise WvmError(f"the dataset has no episode of task(s) {empty}")
+    # One job per task and seed, not per task, so that no worker idles while another finishes
+    # a last task (5 tasks on 2 workers would leave one idle for a third of the time).
+    jobs = [(config, task, seed, per_task[task], sources, model_key) for task in config.data.tasks for seed in range(config.seeds)]
     if config.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(config.workers, len(jobs))) as pool:
-            per_task = list(pool.map(_task_job, jobs))
+            per_job = list(pool.map(_policies_job, jobs))
     else:
-        per_task = [_task_job(j) for j in jobs]
+        per_job = [_policies_job(j) for j in jobs]
     timings["policies_s"] = round(time.perf_counter() - start, 1)
-    records = [r for rs in per_task for r in rs]
+    order = {run.name: i for i, run in enumerate(config.runs)}
+    records = sorted((r for rs in per_job for r in rs), key=lambda r: (config.data.tasks.index(r["task"]), order[r["run"]], r["seed"]))
     compute["policies_s"] = round(sum(r["train_s"] + r["eval_s"] for r in records), 1)
 
     results = {
@@ -142,18 +145,14 @@ def _first_run_seconds(path: Path, relabelled: dict, seconds: float) -> float:
     return float(json.loads(path.read_text())["seconds"])
 
 
-def _task_job(job: tuple) -> list[dict]:
-    config, task, episodes, sources, model_key = job
+def _policies_job(job: tuple) -> list[dict]:
+    """Every method's policy of one task and training seed."""
+    config, task, seed, episodes, sources, model_key = job
     sim = TaskSimulator(task, config.eval)
-    records = []
     try:
-        for run in config.runs:
-            samples = build_samples(run, episodes, sources, config.horizon)
-            for seed in range(config.seeds):
-                records.append(_policy(config, task, run, seed, samples, sim, model_key))
+        return [_policy(config, task, run, seed, build_samples(run, episodes, sources, config.horizon), sim, model_key) for run in config.runs]
     finally:
         sim.close()
-    return records
 
 
 def _policy(config: BenchConfig, task: str, run: Run, seed: int, samples, sim: TaskSimulator, model_key: str) -> dict:

@@ -118,5 +118,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-seed", type=int, default=1000, help="first seed of the fixed trial placements")
     p.add_argument("--work", default=None, help="data, labels and policies (default data/policy_bench/full or .../quick)")
     p.add_argument("--out", default=None, help="report directory (default reports/policy, --quick: reports/policy/quick)")
-    p.add_argument("--workers", type=_positive, default=1, help="processes for rendering and for policies (one task each)")
+    p.add_argument("--workers", type=_positive, default=1, help="processes for rendering (one task each) and for policies (one task and training seed each)")
     p.set_defaults(run=_run)
