@@ -58,7 +58,7 @@ class BenchConfig:
 
 
 def preset(quick: bool) -> dict:
-    """Settings of the full benchmark (about 2 hours on the 2-core CPU machine) or --quick."""
+    """Settings of the full benchmark (about 30 minutes on the 2-core CPU machine, 2 workers) or --quick."""
     if quick:
         return {
             "tasks": DEFAULT_TASKS[2:3],  # faucet-open: short episodes, learnable from few demos

@@ -19,7 +19,7 @@ simulator on fixed trials; write report.md, results.json and plots into OUT.
 
 Rendered data, labels and finished policies are kept in WORK and reused by a rerun with the
 same settings, so an interrupted run resumes. The full benchmark (5 tasks, 3 seeds, 50 trials)
-takes about 2 hours on a 2-core CPU; --quick (1 task, 1 seed, 10 trials) a few minutes.
+takes about 30 minutes on a 2-core CPU with --workers 2; --quick (1 task, 1 seed, 10 trials) a few minutes.
 """
 
 
