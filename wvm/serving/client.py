@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
 TIMED_OUT = "StatusCode.DEADLINE_EXCEEDED"
 LIVENESS_PROBE_S = 5.0  # a live server answers this at once, however busy its model is
+DEADLINE_GRACE_S = 2.0  # our own deadline's slack over gRPC's (see _within)
+
+
+async def _within(call, timeout_s: float):
+    """Await a gRPC call that carries its own `client_timeout`, and enforce that deadline here too:
+    against a frozen (SIGSTOPped) server grpc.aio's deadline has been seen not to fire, leaving the
+    call, and every caller, waiting forever (CI, 2026-12-04). Raises what gRPC would have."""
+    try:
+        return await asyncio.wait_for(call, timeout_s + DEADLINE_GRACE_S)
+    except asyncio.TimeoutError:
+        raise InferenceServerException(f"no answer within {timeout_s:g} s", status=TIMED_OUT) from None
 
 
 class ServerUnavailable(WvmError):
@@ -150,7 +161,7 @@ class TritonHandler(ValueModelHandler):
             try:
                 async with self._semaphore:
                     sent = time.perf_counter()
-                    result = await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+                    result = await _within(self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s), self.timeout_s)
                     self.latencies.append(time.perf_counter() - sent)
                 break
             except InferenceServerException as exc:
@@ -175,7 +186,7 @@ class TritonHandler(ValueModelHandler):
 
     async def _answers_liveness_probe(self) -> bool:
         try:
-            return bool(await self._client.is_server_live(client_timeout=LIVENESS_PROBE_S))
+            return bool(await _within(self._client.is_server_live(client_timeout=LIVENESS_PROBE_S), LIVENESS_PROBE_S))
         except InferenceServerException:
             return False
 
