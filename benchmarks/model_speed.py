@@ -1,6 +1,6 @@
 """Model-only labelling speed of several checkpoints, side by side in one run, past releases included.
 
-    python benchmarks/model_speed.py --model v1=git:6c461ce --model v6=wvm/checkpoints/default \
+    python benchmarks/model_speed.py --model v1=git:cdcd49e --model v6=wvm/checkpoints/default \
         --model p2=runs/p2/final [--scale 4] [--repeat 3] [--out benchmarks/results/model_speed.json]
 
 A model is `NAME=CHECKPOINT` (run by this checkout's code) or `NAME=git:COMMIT` (that commit's
@@ -71,19 +71,20 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wvm-bench-"))
     dataset = replicate(args.scale, work / f"x{args.scale}")
-    models = {name: code_tree(spec, work) for name, spec in (m.split("=", 1) for m in args.model)}
+    specs = dict(m.split("=", 1) for m in args.model)
+    models = {name: code_tree(spec, work) for name, spec in specs.items()}
+    reference = next(iter(models))
 
     runs = {name: [] for name in models}
     for turn in range(args.repeat):
         for name, (root, checkpoint) in models.items():
             runs[name].append(measure(root, checkpoint, dataset))
             print(f"turn {turn + 1}/{args.repeat} {name}: {runs[name][-1]['frames'] / runs[name][-1]['seconds']:.0f} frames/s", flush=True)
-    frames = runs[next(iter(models))][0]["frames"]
+    frames = runs[reference][0]["frames"]
     fps = {name: frames / statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
-    reference = next(iter(models))
     results = {
         "frames": frames,
-        "models": {m.split("=", 1)[0]: {"spec": m.split("=", 1)[1], "version": runs[m.split("=", 1)[0]][0]["version"]} for m in args.model},
+        "models": {name: {"spec": spec, "version": runs[name][0]["version"]} for name, spec in specs.items()},
         "seconds": {name: [r["seconds"] for r in rs] for name, rs in runs.items()},
         "model_only_frames_per_s": fps,
         f"ratio_to_{reference}": {name: fps[name] / fps[reference] for name in models},
