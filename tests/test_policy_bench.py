@@ -123,6 +123,27 @@ def test_episode_filter_keeps_the_top_70_percent_of_episodes_by_quality():
     assert with_episode_filter(ramp)[EPISODE_WEIGHT].tolist() == [1.0] * 15
 
 
+def test_agreement_with_ground_truth_weights_by_hand():
+    """The report's offline check of the labels: share of sample frames (all but each episode's
+    last) given ground truth's weight, and the correlation of the chunk advantages."""
+    from wvm.policy.report import agreement_with_truth
+
+    truth = np.array([0.0, 0.1, 0.2, 0.3, 0.3, 0.3, 0.5, 0.7, 0.85, 1.0])  # pauses at frames 3-5
+    episodes = [Episode(0, "t", "hesitation", np.zeros((10, 2), np.float32), np.zeros((10, 4), np.float32), truth)]
+    # H = 2, so A_t = V(t + 1) - V(t): 0.1 0.1 0.1 0 0 0.2 0.2 0.15 0.15, and 0 at the last frame;
+    # the top 7 of 10 are the positive ones, so frames 3, 4 and 9 are dropped
+    gt = control_frames({0: truth}, horizon=2)
+    assert gt["w_top70"].tolist() == [1, 1, 1, 0, 0, 1, 1, 1, 1, 0]
+    sources = {"gt": gt, "wvm": gt.copy(), "ramp": control_frames({0: time_ramp(10)}, horizon=2)}
+    table = agreement_with_truth(episodes, sources)
+    assert table.loc["wvm (value model)"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+    ramp = table.loc["time ramp"]
+    # the ramp keeps every sample frame (A = 1/9 on frames 0-8); truth keeps 7 of those 9
+    assert ramp["same binary weight"] == pytest.approx(1.0)  # truth's A >= 0 everywhere
+    assert ramp["same top-70 % weight"] == pytest.approx(7 / 9)
+    assert np.isnan(ramp["advantage correlation"])  # constant advantage: no correlation to speak of
+
+
 @pytest.mark.slow
 def test_policy_bench_quick_end_to_end(tmp_path):
     """The whole command on 1 task; then one saved policy is rolled out again and must repeat

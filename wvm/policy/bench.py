@@ -130,6 +130,7 @@ def run_bench(config: BenchConfig) -> dict:
 
     start = time.perf_counter()
     summary = write_report(results, episodes, sources, config.out)
+    results["agreement_with_truth"] = summary["agreement_with_truth"]
     timings["report_s"] = round(time.perf_counter() - start, 1)
     timings["total_s"] = round(sum(v for k, v in timings.items() if k != "total_s"), 1)
     (config.out / "results.json").write_text(json.dumps(results, indent=1))

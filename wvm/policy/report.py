@@ -101,6 +101,32 @@ def weight_shares(episodes: list[Episode], sources: dict[str, pd.DataFrame]) -> 
     return pd.DataFrame(rows).T[kinds]
 
 
+def agreement_with_truth(episodes: list[Episode], sources: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """How close each source's frame weights come to the ground truth's on the same frames
+    (0..T-2, the ones that become samples): the share of frames given the same binary and
+    top-70 % weight, and the correlation of the chunk advantages. An offline view of the labels
+    beside the rollouts, which also vary with the policies' training."""
+    indices = {e.index for e in episodes}
+
+    def usable(source: str) -> pd.DataFrame:
+        frames = sources[source].sort_values([spec.EPISODE_INDEX, spec.FRAME_INDEX])
+        last = frames.groupby(spec.EPISODE_INDEX)[spec.FRAME_INDEX].transform("max")
+        return frames[frames[spec.EPISODE_INDEX].isin(indices) & (frames[spec.FRAME_INDEX] < last)].reset_index(drop=True)
+
+    truth = usable("gt")
+    table = {}
+    for source in ("wvm", "ramp"):
+        frames = usable(source)
+        advantage = frames[spec.ADVANTAGE].to_numpy(np.float64)
+        table[SOURCE_NAMES[source]] = {
+            "same binary weight": float(np.mean(frames[spec.W_BINARY].to_numpy() == truth[spec.W_BINARY].to_numpy())),
+            "same top-70 % weight": float(np.mean(frames[spec.W_TOP70].to_numpy() == truth[spec.W_TOP70].to_numpy())),
+            # the time ramp's advantage is constant within an episode, so this can be nan
+            "advantage correlation": float(np.corrcoef(advantage, truth[spec.ADVANTAGE].to_numpy(np.float64))[0, 1]) if advantage.std() > 0 else float("nan"),
+        }
+    return pd.DataFrame(table).T
+
+
 def awr_saturation(episodes: list[Episode], sources: dict[str, pd.DataFrame], delta: float) -> dict[str, float]:
     """Fraction of frames whose AWR weight sits at the cap delta: where exp(tau A) >= delta the
     weight no longer tells frames apart, and AWR drifts towards plain BC."""
@@ -177,6 +203,7 @@ def write_report(results: dict, episodes: list[Episode], sources: dict[str, pd.D
     shares = weight_shares([e for e in episodes if e.task in tasks], sources)
     errors = progress_errors([e for e in episodes if e.task in tasks], sources)
     saturation = awr_saturation([e for e in episodes if e.task in tasks], sources, AWR_DELTA)
+    agreement = agreement_with_truth([e for e in episodes if e.task in tasks], sources)
     plot_success(summary, tasks, runs, out / "success.png")
     plot_value_curves(episodes, sources, tasks, out / "value_curves.png")
     verdict = _verdict(summary, runs)
@@ -235,6 +262,11 @@ def write_report(results: dict, episodes: list[Episode], sources: dict[str, pd.D
         "",
         _markdown_table(errors, ".3f"),
         "",
+        "Agreement with ground truth's weights on the same frames (a filter that matches ground truth frame for frame "
+        "trains the same policies as ground truth; the rollouts above also vary with the policies' training):",
+        "",
+        _markdown_table(agreement, ".3f"),
+        "",
         "Frames whose AWR weight is at the cap delta = 2 (there AWR cannot tell frames apart): "
         + ", ".join(f"{SOURCE_NAMES[k]} {v:.0%}" for k, v in saturation.items())
         + ".",
@@ -278,6 +310,9 @@ def write_report(results: dict, episodes: list[Episode], sources: dict[str, pd.D
         "success": {run: round(summary[run]["success"][0], 3) for run in runs},
         "success_ci": {run: [round(v, 3) for v in summary[run]["success"][1:]] for run in runs},
         "verdict": verdict,
+        "agreement_with_truth": {
+            source: {k: (None if np.isnan(v) else round(v, 4)) for k, v in row.items()} for source, row in agreement.to_dict(orient="index").items()
+        },
     }
 
 
