@@ -43,3 +43,30 @@ def test_eval_names_a_camera_the_bench_does_not_have(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: {METAWORLD_MINI}: no camera 'observation.images.nope'" in result.stderr
     assert "observation.images.corner" in result.stderr and not (tmp_path / "eval").exists()
+
+
+def test_seed_groups_report_the_mean_and_spread_of_a_recipes_seeds():
+    from wvm.evaluate import render_report, seed_groups
+
+    def row(e, h, r, f, ood):
+        return {"b": {"expert_voc": e, "hesitation_rmse": h, "retry_voc": r, "failure_auroc": f, "ood": ood}}
+
+    results = {"s0": row(0.9, 0.10, -0.2, 0.8, 0.3), "s1": row(0.7, 0.14, 0.4, float("nan"), 0.5), "other": row(1, 0, 1, 1, 0)}
+    grouped = seed_groups(results, {"recipe": ["s0", "s1"]})
+    r = grouped["recipe"]["b"]
+    assert r["expert_voc"] == pytest.approx([0.8, 0.7, 0.9]) and r["hesitation_rmse"] == pytest.approx([0.12, 0.10, 0.14])
+    assert r["retry_voc"] == pytest.approx([0.1, -0.2, 0.4])
+    assert r["failure_auroc"] == pytest.approx([0.8, 0.8, 0.8])  # a member without the metric (nan) is left out
+    report = render_report(results, {"b": {"expert": 1}}, {}, ["b"], grouped)
+    assert "| recipe | 0.800 [0.700, 0.900] | 0.120 [0.100, 0.140] | 0.100 [-0.200, 0.400] | 0.800 [0.800, 0.800] |" in report
+
+
+@pytest.mark.parametrize(
+    "group, message",
+    [("r=s0", "two or more different --model names"), ("r=s0,s0", "two or more different --model names"), ("r=s0,s9", "['s9'] not among")],
+)
+def test_eval_names_a_bad_group_before_scoring(tmp_path, group, message):
+    cmd = [sys.executable, "-m", "wvm.cli", "eval", "--bench", f"fixture={METAWORLD_MINI}", "--model", "s0=", "--model", "s1="]
+    result = subprocess.run([*cmd, "--group", group, "--out", str(tmp_path / "eval")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and message in result.stderr
+    assert not (tmp_path / "eval").exists()

@@ -217,6 +217,16 @@ def _eval(args: argparse.Namespace) -> dict:
     from wvm.evaluate import RAMP, evaluate, load_bench
     from wvm.handlers import LocalHandler
 
+    models = [spec.partition("=")[0] for spec in args.model or ["WVM"]]
+    groups = {}
+    for spec in args.group or []:
+        name, _, members = spec.partition("=")
+        members = [m for m in members.split(",") if m]
+        if not name or len(members) < 2 or len(set(members)) < len(members):
+            raise WvmError(f"--group expects NAME=MODEL,MODEL[,...] (two or more different --model names), got {spec!r}")
+        if unknown := [m for m in members if m not in models]:
+            raise WvmError(f"--group {name}: {unknown} not among the --model names {models}")
+        groups[name] = members
     benches = {}
     for spec in args.bench:
         name, _, rest = spec.partition("=")
@@ -230,7 +240,7 @@ def _eval(args: argparse.Namespace) -> dict:
         handler = LocalHandler(path or None)
         handler.load()
         handlers[name] = handler
-    return evaluate(benches, handlers, args.out)
+    return evaluate(benches, handlers, args.out, groups)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -251,6 +261,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", action="append", metavar="NAME=CHECKPOINT", help="repeatable; default: the shipped model")
     p.add_argument("--checkpoint", default=None, help="shorthand for a single --model WVM=CHECKPOINT")
+    p.add_argument(
+        "--group",
+        action="append",
+        metavar="NAME=MODEL,MODEL[,...]",
+        help="repeatable; reports these --model names (seeds of one recipe) as mean [min, max] beside their own rows",
+    )
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(run=_eval)
 

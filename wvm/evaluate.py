@@ -144,10 +144,30 @@ def plot_grid(episodes: list[BenchEpisode], predictions: dict[str, dict[int, np.
     plot_task_kind_grid(episodes, sorted({e.task for e in episodes}), kinds, draw, lambda task, kind, e: f"{task[:24]}: {kind}", path)
 
 
+def seed_groups(results: dict, groups: dict[str, list[str]]) -> dict:
+    """Per group of methods (one recipe trained with several seeds), per bench and metric: the
+    members' mean, min and max. Two seeds of one recipe differ by more than most changes between
+    recipes, so recipes are compared by their mean, with the spread beside it."""
+    out = {}
+    for group, members in groups.items():
+        out[group] = {}
+        for bench in results[members[0]]:
+            out[group][bench] = {}
+            for metric in (*METRICS, "ood"):
+                values = np.array([results[m][bench][metric] for m in members], dtype=np.float64)
+                finite = values[np.isfinite(values)]
+                out[group][bench][metric] = [float(finite.mean()), float(finite.min()), float(finite.max())] if len(finite) else [float("nan")] * 3
+    return out
+
+
 def evaluate(
-    benches: dict[str, list[BenchEpisode]], handlers: dict[str, ValueModelHandler | None], out: str | Path
+    benches: dict[str, list[BenchEpisode]],
+    handlers: dict[str, ValueModelHandler | None],
+    out: str | Path,
+    groups: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Score every method on every bench; write metrics.json, report.md and plots into `out`."""
+    """Score every method on every bench; write metrics.json, report.md and plots into `out`.
+    `groups` names sets of methods (seeds of one recipe) reported as mean [min, max]."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -160,12 +180,16 @@ def evaluate(
         plot_grid(episodes, predictions, out / "plots" / f"{bench}.png")
     counts = {b: {k: sum(e.kind == k for e in eps) for k in KINDS} for b, eps in benches.items()}
     versions = {m: (h.version, h.checkpoint_hash) for m, h in handlers.items() if h is not None}
-    (out / "metrics.json").write_text(json.dumps({"results": results, "episodes": counts, "models": versions}, indent=2))
-    (out / "report.md").write_text(render_report(results, counts, versions, list(benches)))
+    grouped = seed_groups(results, groups or {})
+    document = {"results": results, "episodes": counts, "models": versions}
+    if groups:
+        document |= {"groups": groups, "group_results": grouped}
+    (out / "metrics.json").write_text(json.dumps(document, indent=2))
+    (out / "report.md").write_text(render_report(results, counts, versions, list(benches), grouped))
     return results
 
 
-def render_report(results: dict, counts: dict, versions: dict, benches: list[str]) -> str:
+def render_report(results: dict, counts: dict, versions: dict, benches: list[str], grouped: dict | None = None) -> str:
     lines = ["# WVM evaluation", ""]
     for bench in benches:
         c = counts[bench]
@@ -174,6 +198,12 @@ def render_report(results: dict, counts: dict, versions: dict, benches: list[str
         for method, per_bench in results.items():
             r = per_bench[bench]
             lines.append(f"| {method} | " + " | ".join(f"{r[m]:.3f}" for m in (*METRICS, "ood")) + " |")
+        if grouped:
+            lines += ["", "Seeds of one recipe, mean [min, max]:", ""]
+            lines += ["| recipe | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+            for group, per_bench in grouped.items():
+                r = per_bench[bench]
+                lines.append(f"| {group} | " + " | ".join(f"{r[m][0]:.3f} [{r[m][1]:.3f}, {r[m][2]:.3f}]" for m in METRICS) + " |")
         lines += ["", f"Per task and kind: [plots/{bench}.png](plots/{bench}.png)", ""]
     lines += ["OOD score: the bench's mean out-of-distribution score (1 = as unfamiliar as the least familiar 1% of "
               "training frames; episodes above 2 are flagged untrusted when relabelling). nan: not a model.", ""]
