@@ -121,7 +121,7 @@ def agreement_with_truth(episodes: list[Episode], sources: dict[str, pd.DataFram
         table[SOURCE_NAMES[source]] = {
             "same binary weight": float(np.mean(frames[spec.W_BINARY].to_numpy() == truth[spec.W_BINARY].to_numpy())),
             "same top-70 % weight": float(np.mean(frames[spec.W_TOP70].to_numpy() == truth[spec.W_TOP70].to_numpy())),
-            # the time ramp's advantage is constant within an episode, so this can be nan
+            # constant advantages (the time ramp on episodes of one length) correlate with nothing: nan
             "advantage correlation": float(np.corrcoef(advantage, truth[spec.ADVANTAGE].to_numpy(np.float64))[0, 1]) if advantage.std() > 0 else float("nan"),
         }
     return pd.DataFrame(table).T
