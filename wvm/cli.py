@@ -217,7 +217,7 @@ def _eval(args: argparse.Namespace) -> dict:
     from wvm.evaluate import RAMP, evaluate, load_bench
     from wvm.handlers import LocalHandler
 
-    models = [spec.partition("=")[0] for spec in args.model or ["WVM"]]
+    models = dict(spec.partition("=")[::2] for spec in args.model or [f"WVM={args.checkpoint or ''}"])  # name -> checkpoint
     groups = {}
     for spec in args.group or []:
         name, _, members = spec.partition("=")
@@ -225,7 +225,7 @@ def _eval(args: argparse.Namespace) -> dict:
         if not name or len(members) < 2 or len(set(members)) < len(members):
             raise WvmError(f"--group expects NAME=MODEL,MODEL[,...] (two or more different --model names), got {spec!r}")
         if unknown := [m for m in members if m not in models]:
-            raise WvmError(f"--group {name}: {unknown} not among the --model names {models}")
+            raise WvmError(f"--group {name}: {unknown} not among the --model names {list(models)}")
         groups[name] = members
     benches = {}
     for spec in args.bench:
@@ -235,8 +235,7 @@ def _eval(args: argparse.Namespace) -> dict:
             raise WvmError(f"--bench expects NAME=DATASET[,LABELS[,CAMERA]], got {spec!r}")
         benches[name] = load_bench(dataset, labels or None, camera or None)
     handlers = {RAMP: None}
-    for spec in args.model or [f"WVM={args.checkpoint or ''}"]:
-        name, _, path = spec.partition("=")
+    for name, path in models.items():
         handler = LocalHandler(path or None)
         handler.load()
         handlers[name] = handler
