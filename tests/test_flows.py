@@ -279,7 +279,8 @@ class NightlyServe:
     def server(self) -> list[str]:
         """The command line of the one tritonserver the CLI started, on the ports it announced."""
         assert self.endpoints is not None, "".join(self.stderr)[-4000:]
-        servers = [cmdline for _, cmdline in self.started.values() if Path(cmdline[0]).name == "tritonserver"]
+        # a process caught as it exits reports an empty command line
+        servers = [cmdline for _, cmdline in self.started.values() if cmdline and Path(cmdline[0]).name == "tritonserver"]
         assert len(servers) == 1 and len(self.started) > 1  # the server and its Python-backend stub(s)
         assert f"--grpc-port={self.endpoints['grpc'].rsplit(':', 1)[1]}" in servers[0]
         return servers[0]
