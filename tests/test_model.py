@@ -12,13 +12,15 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, progress_from_rates
+from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 VALUE_STREAMS = pytest.mark.parametrize(
-    "stream", [{}, V3, {**V3, "value_success_token": True}], ids=["direct", "rates", "rates+success-token"]
+    "stream",
+    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_reads_goal": True}],
+    ids=["direct", "rates", "rates+success-token", "rates+goal"],
 )
 
 
@@ -207,6 +209,19 @@ def test_rates_of_plus_one_zero_minus_one_give_the_ground_truth(kind, m, n):
     # exact, except retry, whose formula divides by T - 2x where the steps number T - 1 - 2x
     np.testing.assert_allclose(values, truth, atol=0.03 if kind == "retry" else 1e-6)
     assert values[-1] == pytest.approx(truth[-1], abs=1e-6)
+
+
+def test_goal_progress_by_hand():
+    # frames move evenly from A to B, back twice, then on to B; two padded samples must not count
+    a, b = torch.zeros(8), torch.ones(8)
+    path = [a + (b - a) * t for t in (0, 0.25, 0.5, 0.75, 0.5, 0.25, 0.5, 0.75, 1.0)]
+    patches = torch.cat([torch.stack(path)[None, :, None].expand(1, 9, 4, 8), torch.full((1, 2, 4, 8), 9.0)], dim=1)
+    valid = torch.arange(11)[None] < 9
+    features = goal_progress(patches, valid)[0]
+    # closed: 1 - |x_i - B| / |A - B|; step: its change times the 8 steps (0.25 * 8 = 2), clamped to +-3
+    np.testing.assert_allclose(features[:9, 0], [0, 0.25, 0.5, 0.75, 0.5, 0.25, 0.5, 0.75, 1.0], atol=1e-3)
+    np.testing.assert_allclose(features[:9, 1], [0, 2, 2, 2, -2, -2, 2, 2, 2], atol=1e-2)
+    assert features[9:].abs().max() == 0
 
 
 def test_ground_truth_by_hand():

@@ -77,6 +77,7 @@ class WVMConfig:
     value_reads_time: bool = True  # value tokens get the episode-time embedding (v2.0: a ramp shortcut)
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
+    value_reads_goal: bool = False  # ...and the episode-normalised approach to the last frame (goal_progress)
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
     # "rates" head only: cross-entropy of its success probability against whether the episode's
     # ground truth ends at 1; otherwise success is learnt only through the values it scales
@@ -305,6 +306,8 @@ class ValueStream(nn.Module):
         self.reads_distances = config.value_reads_distances
         frame_dim = config.tokens_per_frame * config.patch_dim * (3 if self.reads_motion else 1)
         frame_dim += config.tokens_per_frame * DISTANCE_FEATURES if self.reads_distances else 0
+        self.reads_goal = config.value_reads_goal
+        frame_dim += GOAL_FEATURES if self.reads_goal else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -320,6 +323,8 @@ class ValueStream(nn.Module):
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
         if self.reads_distances:
             parts.append(motion_distances(patches, valid).reshape(b, n, -1))
+        if self.reads_goal:
+            parts.append(goal_progress(patches, valid))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -375,6 +380,26 @@ def motion_distances(patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     to_last = rms(patches, last)
     approach = rms(previous, last) - to_last
     return torch.stack([rms(patches, previous), rms(patches, patches[:, :1]), to_last, approach], dim=-1)
+
+
+GOAL_FEATURES = 2
+
+
+def goal_progress(patches: torch.Tensor, valid: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
+    """Per sample (B, N, 2): how far the whole frame has come from the first sample towards the
+    last, 1 - d(i, last) / d(first, last), and that quantity's change since the previous sample
+    times the episode's steps (about 1 while closing in at even pace, 0 still, -1 moving back
+    as fast). Normalised by the episode's own first-to-last distance, so its scale does not
+    depend on the task or the camera, unlike motion_distances' raw latent distances."""
+    b, n = valid.shape
+    flat = patches.reshape(b, n, -1)
+    lengths = valid.sum(1).clamp(min=1)
+    last = flat.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, flat.shape[-1]))
+    to_last = (flat - last).pow(2).mean(-1).add(1e-8).sqrt()
+    closed = 1 - to_last / to_last[:, :1].clamp(min=1e-3)
+    step = (closed - torch.cat([closed[:, :1], closed[:, :-1]], dim=1)) * (lengths - 1).clamp(min=1)[:, None]
+    features = torch.stack([closed, step], dim=-1).clamp(-bound, bound)
+    return features * valid[..., None]
 
 
 def progress_from_rates(rates: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
