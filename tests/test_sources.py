@@ -1,10 +1,12 @@
 """The RLDS and raw-folder readers, on real files: the Bridge RLDS debug set (and damaged copies
-of it) and raw datasets written with the module's own writer."""
+of it) and raw datasets written with the module's own writer; and the LeRobot v3 writer's video
+encoder threads."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -363,3 +365,36 @@ def test_readers_on_gcs(gcs_emulator, raw_written):
     table = raw.read_frames(episode)
     frames = np.stack(list(raw.decode(episode, "front", table, np.arange(N))))
     assert np.abs(frames.astype(int) - raw_written[1]["b"]["frames"]["front"]).mean() < 3
+
+
+def _may_run_realtime() -> bool:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except PermissionError:
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
+@pytest.mark.skipif(not _may_run_realtime(), reason="SVT-AV1 only switches to real time where the process may (root, CAP_SYS_NICE)")
+def test_writing_av1_video_leaves_no_thread_real_time(tmp_path):
+    """SVT-AV1 puts the thread that starts an encoder, and the encoder's workers, on SCHED_FIFO 99;
+    the writer puts them back, so a render never starves the node it runs on."""
+    from pipelines.sources.lerobot import LeRobotV3Writer
+
+    def real_time_threads() -> list[int]:
+        return [tid for tid in map(int, os.listdir("/proc/self/task")) if _policy(tid) in (os.SCHED_FIFO, os.SCHED_RR)]
+
+    writer = LeRobotV3Writer(root=str(tmp_path / "v3"), fps=10, robot_type="test", cameras={"observation.images.top": (32, 32)}, state_dim=2, action_dim=2)
+    frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    writer.add_episode({"observation.images.top": frames}, np.zeros((12, 2), np.float32), np.zeros((12, 2), np.float32), "a task")
+    assert real_time_threads() == []  # the encoder's workers are running now
+    writer.close()
+    assert real_time_threads() == [] and open_source(str(tmp_path / "v3")).version == "v3.0"
+
+
+def _policy(tid: int) -> int | None:
+    try:
+        return os.sched_getscheduler(tid)
+    except OSError:  # exited
+        return None

@@ -374,6 +374,24 @@ def _jsonable(value):
 
 # -- writing ----------------------------------------------------------------------------------
 
+_REALTIME = (os.SCHED_FIFO, os.SCHED_RR)
+
+
+def _drop_realtime_scheduling() -> None:
+    """Put every real-time thread of this process back on the normal scheduler.
+
+    SVT-AV1 switches the thread that starts an encoder to SCHED_FIFO priority 99 wherever it may
+    (as root, e.g. in most containers), and the encoder's worker threads inherit it. Busy
+    real-time threads starve everything else on the node: beside a render, Triton's Python stub
+    missed its health checks and the server aborted.
+    """
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            if os.sched_getscheduler(int(tid)) in _REALTIME:
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+        except OSError:  # the thread has exited meanwhile
+            pass
+
 
 @dataclass
 class _VideoFile:
@@ -405,6 +423,8 @@ class LeRobotV3Writer:
 
     def __post_init__(self):
         os.makedirs(self.root, exist_ok=False)
+        # a process started real-time on purpose (chrt) keeps it; the encoder's switch is undone
+        self._undo_realtime = os.sched_getscheduler(0) not in _REALTIME
 
     @property
     def _file_index(self) -> int:
@@ -472,6 +492,8 @@ class LeRobotV3Writer:
                     video.container.mux(packet)
                 video.frames += 1
             record[f"videos/{camera}/to_timestamp"] = video.frames / self.fps
+        if self._undo_realtime:  # the encoder starts on the first frame it gets
+            _drop_realtime_scheduling()
         record["meta/episodes/chunk_index"] = 0
         record["meta/episodes/file_index"] = 0
         self._episodes.append(record)
