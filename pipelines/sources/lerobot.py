@@ -381,9 +381,9 @@ def _drop_realtime_scheduling() -> None:
     """Put every real-time thread of this process back on the normal scheduler.
 
     SVT-AV1 switches the thread that starts an encoder to SCHED_FIFO priority 99 wherever it may
-    (as root, e.g. in most containers), and the encoder's worker threads inherit it. Busy
-    real-time threads starve everything else on the node: beside a render, Triton's Python stub
-    missed its health checks and the server aborted.
+    (as root, e.g. in most containers), and the encoder's worker threads inherit it, as does
+    every process forked later. Busy real-time threads can starve everything else on the node
+    (a CI run in which Triton's Python stub missed its health checks had such a render beside it).
     """
     for tid in os.listdir("/proc/self/task"):
         try:
