@@ -383,7 +383,14 @@ def test_writing_av1_video_leaves_no_thread_real_time(tmp_path):
     from pipelines.sources.lerobot import LeRobotV3Writer
 
     def real_time_threads() -> list[int]:
-        return [tid for tid in map(int, os.listdir("/proc/self/task")) if _policy(tid) in (os.SCHED_FIFO, os.SCHED_RR)]
+        found = []
+        for tid in map(int, os.listdir("/proc/self/task")):
+            try:
+                if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                    found.append(tid)
+            except OSError:  # the thread has exited meanwhile
+                pass
+        return found
 
     writer = LeRobotV3Writer(root=str(tmp_path / "v3"), fps=10, robot_type="test", cameras={"observation.images.top": (32, 32)}, state_dim=2, action_dim=2)
     frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
@@ -392,9 +399,3 @@ def test_writing_av1_video_leaves_no_thread_real_time(tmp_path):
     writer.close()
     assert real_time_threads() == [] and open_source(str(tmp_path / "v3")).version == "v3.0"
 
-
-def _policy(tid: int) -> int | None:
-    try:
-        return os.sched_getscheduler(tid)
-    except OSError:  # exited
-        return None
