@@ -12,15 +12,15 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, progress_from_rates
+from wvm.model import Batch, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, progress_features, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 VALUE_STREAMS = pytest.mark.parametrize(
     "stream",
-    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_reads_goal": True}],
-    ids=["direct", "rates", "rates+success-token", "rates+goal"],
+    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_reads_goal": True}, {**V3, "value_reads_progress": True}],
+    ids=["direct", "rates", "rates+success-token", "rates+goal", "rates+progress"],
 )
 
 
@@ -39,6 +39,7 @@ def random_batch(config: WVMConfig, b: int = 3, seed: int = 0) -> Batch:
         text=torch.randn(b, config.text_dim, generator=g),
         values=torch.rand(b, n, generator=g),
         valid=valid,
+        fold=torch.arange(b) % 2,
     )
 
 
@@ -222,6 +223,34 @@ def test_goal_progress_by_hand():
     np.testing.assert_allclose(features[:9, 0], [0, 0.25, 0.5, 0.75, 0.5, 0.25, 0.5, 0.75, 1.0], atol=1e-3)
     np.testing.assert_allclose(features[:9, 1], [0, 2, 2, 2, -2, -2, 2, 2, 2], atol=1e-2)
     assert features[9:].abs().max() == 0
+
+
+def test_frame_progress_is_cross_fitted():
+    """Each per-frame regressor learns only from its own half of the tasks; in training the
+    value stream reads the other half's regressor (so, estimates for a task it never saw), at
+    inference the mean of both, and its loss never reaches either."""
+    model = small_model(**V3, value_reads_progress=True).train()
+    batch = random_batch(model.config, b=4)
+    batch.fold = torch.zeros(4, dtype=torch.long)  # every episode in fold 0
+    loss, info = model.loss(batch)
+    loss.backward()
+    own, other = model.value.progress.heads
+    assert all(p.grad.abs().sum() > 0 for p in own.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in other.parameters())
+    estimates = torch.stack([torch.zeros(2, 3), torch.ones(2, 3)], dim=-1).requires_grad_()
+    np.testing.assert_allclose(FrameProgress.read(estimates, torch.tensor([0, 1])), [[1, 1, 1], [0, 0, 0]])
+    np.testing.assert_allclose(FrameProgress.read(estimates, None), 0.5)
+    assert not FrameProgress.read(estimates, None).requires_grad
+
+
+def test_progress_features_by_hand():
+    # an estimate rising, falling back, rising again; 4 real samples (3 steps), one padded
+    progress = torch.tensor([[0.1, 0.4, 0.2, 0.9, 7.0]])
+    features = progress_features(progress, torch.arange(5)[None] < 4)[0]
+    np.testing.assert_allclose(features[:4, 0], [0.1, 0.4, 0.2, 0.9], atol=1e-6)
+    np.testing.assert_allclose(features[:4, 1], [0, 0.9, -0.6, 2.1], atol=1e-5)  # change x 3 steps
+    np.testing.assert_allclose(features[:4, 2], [0, 0.3, 0.1, 0.8], atol=1e-6)
+    assert features[4].abs().max() == 0
 
 
 def test_ground_truth_by_hand():

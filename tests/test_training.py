@@ -49,14 +49,19 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     first = load_model(stage1)
     assert first.config.ood_reference > 0  # the OOD reference comes with the encoder
 
-    # frozen video stream: stage 1's video weights come through unchanged; the value stream learns
-    frozen = train(tiny_config(store, model={"version": "s2-frozen", **V3}, init_from=str(stage1), freeze_video=True), tmp_path / "frozen", progress=False)
+    # frozen video stream: stage 1's video weights come through unchanged; the value stream
+    # (here with its per-frame progress regressors, which stage 1 lacks) learns
+    frozen_model = {"version": "s2-frozen", **V3, "value_reads_progress": True}
+    frozen = train(tiny_config(store, model=frozen_model, init_from=str(stage1), freeze_video=True), tmp_path / "frozen", progress=False)
     second = load_model(frozen)
     for key, value in video_state(first.model).items():
         assert torch.equal(second.model.state_dict()[key], value), key
     assert not torch.equal(second.model.value.head[1].weight, first.model.value.head[1].weight)
     assert second.config.latent_mean == first.config.latent_mean and second.config.ood_reference == first.config.ood_reference
-    assert "autoencoder" not in {json.loads(line)["phase"] for line in (tmp_path / "frozen" / "log.jsonl").read_text().splitlines()}
+    frozen_log = [json.loads(line) for line in (tmp_path / "frozen" / "log.jsonl").read_text().splitlines()]
+    assert "autoencoder" not in {r["phase"] for r in frozen_log}
+    stage2 = [r for r in frozen_log if r["phase"] == "wvm"]
+    assert stage2 and all(r["progress"] > 0 for r in stage2)  # the trainer gave every batch its task halves
 
     # the full stage 2 trains the video stream on from stage 1's weights
     joint = load_model(train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1)), tmp_path / "joint", progress=False))

@@ -78,6 +78,9 @@ class WVMConfig:
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
     value_reads_goal: bool = False  # ...and the episode-normalised approach to the last frame (goal_progress)
+    # ...and a per-frame progress estimate, its change and its level above the first sample's
+    # (FrameProgress: two regressors on one frame's latents, cross-fitted over halves of the tasks)
+    value_reads_progress: bool = False
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
     # "rates" head only: cross-entropy of its success probability against whether the episode's
     # ground truth ends at 1; otherwise success is learnt only through the values it scales
@@ -308,6 +311,8 @@ class ValueStream(nn.Module):
         frame_dim += config.tokens_per_frame * DISTANCE_FEATURES if self.reads_distances else 0
         self.reads_goal = config.value_reads_goal
         frame_dim += GOAL_FEATURES if self.reads_goal else 0
+        self.progress = FrameProgress(config) if config.value_reads_progress else None
+        frame_dim += PROGRESS_FEATURES if self.progress is not None else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -316,8 +321,16 @@ class ValueStream(nn.Module):
         self.success_query = nn.Parameter(torch.randn(1, 1, w) * 0.02) if config.value_success_token else None
 
     def embed(
-        self, values: torch.Tensor, t: torch.Tensor, episode_t: torch.Tensor, patches: torch.Tensor, frame_t: torch.Tensor, valid: torch.Tensor
+        self,
+        values: torch.Tensor,
+        t: torch.Tensor,
+        episode_t: torch.Tensor,
+        patches: torch.Tensor,
+        frame_t: torch.Tensor,
+        valid: torch.Tensor,
+        progress: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`progress` (B, N): the per-frame progress estimate the tokens read (value_reads_progress)."""
         b, n = values.shape
         own = patches.reshape(b, n, -1)
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
@@ -325,6 +338,8 @@ class ValueStream(nn.Module):
             parts.append(motion_distances(patches, valid).reshape(b, n, -1))
         if self.reads_goal:
             parts.append(goal_progress(patches, valid))
+        if self.progress is not None:
+            parts.append(progress_features(progress, valid))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -343,6 +358,9 @@ class Batch:
     text: torch.Tensor  # (B, text_dim)
     values: torch.Tensor  # (B, N) ground truth
     valid: torch.Tensor  # (B, N) bool
+    # (B,) 0 or 1: which FrameProgress regressor trains on this episode's task (half the tasks
+    # each); None outside training
+    fold: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -400,6 +418,50 @@ def goal_progress(patches: torch.Tensor, valid: torch.Tensor, bound: float = 3.0
     step = (closed - torch.cat([closed[:, :1], closed[:, :-1]], dim=1)) * (lengths - 1).clamp(min=1)[:, None]
     features = torch.stack([closed, step], dim=-1).clamp(-bound, bound)
     return features * valid[..., None]
+
+
+PROGRESS_FEATURES = 3
+
+
+class FrameProgress(nn.Module):
+    """Per-frame progress estimates: two small regressors on one frame's latents, no temporal
+    context (the static baseline's cue, row 42d: on tasks never trained on a retrace looks like
+    an earlier frame, but single estimates are noisy). Each is trained on the episodes of half
+    the training tasks (`Batch.fold`), and in training the value stream reads the estimate of
+    the regressor that never saw the episode's task: estimates as unreliable as they will be on
+    an unseen task, so the value stream learns how far to trust them (cross-fitting, as in
+    stacking). At inference it reads the mean of both."""
+
+    def __init__(self, config: WVMConfig):
+        super().__init__()
+        d, w = config.tokens_per_frame * config.patch_dim, config.video_width
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Dropout(0.1), nn.Linear(d, 2 * w), nn.GELU(), nn.Linear(2 * w, w), nn.GELU(), nn.Linear(w, 1)) for _ in range(2)
+        )
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (B, N, tokens, patch_dim) -> both regressors' estimates (B, N, 2)."""
+        flat = patches.reshape(*patches.shape[:2], -1)
+        return torch.cat([head(flat) for head in self.heads], dim=-1)
+
+    @staticmethod
+    def read(estimates: torch.Tensor, fold: torch.Tensor | None) -> torch.Tensor:
+        """The estimate (B, N) the value stream reads: the other fold's regressor for an
+        episode of fold `fold` (B,) in training, the mean of both otherwise. Detached, so the
+        regressors stay progress estimates and the value loss cannot reshape them."""
+        if fold is None:
+            return estimates.mean(-1).detach()
+        other = (1 - fold).view(-1, 1, 1).expand(-1, estimates.shape[1], 1)
+        return estimates.gather(-1, other).squeeze(-1).detach()
+
+
+def progress_features(progress: torch.Tensor, valid: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
+    """Per sample (B, N, 3): the estimate, its change since the previous sample times the
+    episode's steps (about 1 at even pace, negative when it falls), clamped, and its level
+    above the first sample's."""
+    steps = (valid.sum(1) - 1).clamp(min=1)[:, None]
+    change = ((progress - torch.cat([progress[:, :1], progress[:, :-1]], dim=1)) * steps).clamp(-bound, bound)
+    return torch.stack([progress, change, progress - progress[:, :1]], dim=-1) * valid[..., None]
 
 
 def progress_from_rates(rates: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -473,13 +535,22 @@ class WorldValueModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocities for every latent patch (B, N, tokens, patch_dim) and every value (B, N).
         `latents` holds clean (frame_t = 1) and noised frames; `values` the noised values."""
-        video_velocity, value_velocity, _ = self.joint(latents, frame_t, text, values, value_t, valid)
+        video_velocity, value_velocity, _, _ = self.joint(latents, frame_t, text, values, value_t, valid)
         return video_velocity, value_velocity
 
     def joint(
-        self, latents: torch.Tensor, frame_t: torch.Tensor, text: torch.Tensor, values: torch.Tensor, value_t: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """`forward` plus the rates head's success probability (B,) (None for the direct head)."""
+        self,
+        latents: torch.Tensor,
+        frame_t: torch.Tensor,
+        text: torch.Tensor,
+        values: torch.Tensor,
+        value_t: torch.Tensor,
+        valid: torch.Tensor,
+        fold: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`forward` plus the rates head's success probability (B,) (None for the direct head)
+        and both FrameProgress estimates (B, N, 2) (None unless value_reads_progress); `fold`
+        as Batch.fold."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
         if not self.config.reads_text:
@@ -487,7 +558,9 @@ class WorldValueModel(nn.Module):
         where = episode_time(valid)
         patches = self.video.patchify(latents)
         x = self.video.embed(patches, text, frame_t, where)
-        y = self.value.embed(values, value_t, where, patches, frame_t, valid)
+        estimates = self.value.progress(patches) if self.value.progress is not None else None
+        progress = FrameProgress.read(estimates, fold) if estimates is not None else None
+        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid
@@ -499,7 +572,7 @@ class WorldValueModel(nn.Module):
         video_velocity = self.video.head(x[:, 1:]).view(b, n, tpf, -1)
         head = self.value.head(y[:, :n]).squeeze(-1)
         if self.config.value_head == "direct":
-            return video_velocity, head, None
+            return video_velocity, head, None, estimates
         if self.value.success_query is not None:
             judged = y[:, n]
         else:
@@ -507,7 +580,7 @@ class WorldValueModel(nn.Module):
         success = torch.sigmoid(self.value.success(judged).squeeze(-1))
         # the clean values are predicted outright; as a velocity from the noised input that is
         # what one Euler step from t = 0 (inference) lands on
-        return video_velocity, progress_from_rates(head, success, valid) - values, success
+        return video_velocity, progress_from_rates(head, success, valid) - values, success, estimates
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         cfg = self.config
@@ -528,7 +601,7 @@ class WorldValueModel(nn.Module):
         value_t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
         value_eps = torch.randn_like(batch.values)
         noised_values = value_t[:, None] * batch.values + (1 - value_t[:, None]) * value_eps
-        video_velocity, value_velocity, success = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid)
+        video_velocity, value_velocity, success, estimates = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid, batch.fold)
         target = self.video.patchify(batch.latents) - self.video.patchify(video_eps)
         video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
         if cfg.value_head == "direct":
@@ -547,6 +620,14 @@ class WorldValueModel(nn.Module):
             delta_loss = _masked_mse(estimate.diff(dim=1) * steps, batch.values.diff(dim=1) * steps, pairs)
             total = total + cfg.value_loss_weight * cfg.value_delta_weight * delta_loss
             logs["delta"] = delta_loss.item()
+        if estimates is not None:
+            # each regressor learns from the clean frames of its own fold's episodes only
+            if batch.fold is None:
+                raise ValueError("value_reads_progress needs Batch.fold in training (which half of the tasks each episode is in)")
+            own = F.one_hot(batch.fold, 2).bool()[:, None, :] & (batch.valid & (frame_t == 1))[..., None]
+            progress_loss = _masked_mse(estimates, batch.values[..., None].expand_as(estimates), own)
+            total = total + cfg.value_loss_weight * progress_loss
+            logs["progress"] = progress_loss.item()
         if cfg.value_success_weight > 0:
             # success = the ground truth reaches 1 (wvm.metrics.ground_truth: only a failed episode does not)
             final = batch.values.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)

@@ -251,6 +251,9 @@ class Trainer:
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p)
+        # halves of the tasks, alternating in name order (Batch.fold, wvm.model.FrameProgress)
+        tasks = sorted({e.task for e in episodes})
+        folds = torch.tensor([tasks.index(e.task) % 2 for e in episodes])
         frozen = {id(p) for p in model.autoencoder.parameters()}
         if cfg.freeze_video:
             frozen |= {id(p) for p in model.video_parameters()}
@@ -277,6 +280,7 @@ class Trainer:
                 text=text.to(self.device),
                 values=torch.from_numpy(values).to(self.device),
                 valid=torch.from_numpy(valid).to(self.device),
+                fold=folds[ids].to(self.device),
             )
             for group in optimizer.param_groups:
                 group["lr"] = self._schedule(step, cfg.steps, cfg.lr)
