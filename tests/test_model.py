@@ -225,6 +225,17 @@ def test_goal_progress_by_hand():
     assert features[9:].abs().max() == 0
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_dropout_acts_in_training_only(dropout):
+    model = small_model(**V3, dropout=dropout)
+    batch = random_batch(model.config)
+    n = model.config.samples_per_episode
+    inputs = (batch.latents, torch.ones(3, n), batch.text, batch.values, torch.zeros(3), batch.valid)
+    assert torch.equal(model(*inputs)[1], model(*inputs)[1])  # eval: deterministic
+    model.train()
+    assert torch.equal(model(*inputs)[1], model(*inputs)[1]) == (dropout == 0)
+
+
 def test_frame_progress_is_cross_fitted():
     """Each per-frame regressor learns only from its own half of the tasks; in training the
     value stream reads the other half's regressor (so, estimates for a task it never saw), at
