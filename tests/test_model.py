@@ -19,8 +19,8 @@ SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_wi
 V3 = dict(value_reads_time=False, value_reads_motion=True, value_reads_distances=True, value_head="rates")
 VALUE_STREAMS = pytest.mark.parametrize(
     "stream",
-    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_reads_goal": True}, {**V3, "value_reads_progress": True}],
-    ids=["direct", "rates", "rates+success-token", "rates+goal", "rates+progress"],
+    [{}, V3, {**V3, "value_success_token": True}, {**V3, "value_reads_goal": True}, {**V3, "value_reads_progress": "level"}, {**V3, "value_reads_progress": "change"}],
+    ids=["direct", "rates", "rates+success-token", "rates+goal", "rates+progress", "rates+progress-change"],
 )
 
 
@@ -240,7 +240,7 @@ def test_frame_progress_is_cross_fitted():
     """Each per-frame regressor learns only from its own half of the tasks; in training the
     value stream reads the other half's regressor (so, estimates for a task it never saw), at
     inference the mean of both, and its loss never reaches either."""
-    model = small_model(**V3, value_reads_progress=True).train()
+    model = small_model(**V3, value_reads_progress="level").train()
     batch = random_batch(model.config, b=4)
     batch.fold = torch.zeros(4, dtype=torch.long)  # every episode in fold 0
     loss, info = model.loss(batch)
@@ -262,6 +262,7 @@ def test_progress_features_by_hand():
     np.testing.assert_allclose(features[:4, 1], [0, 0.9, -0.6, 2.1], atol=1e-5)  # change x 3 steps
     np.testing.assert_allclose(features[:4, 2], [0, 0.3, 0.1, 0.8], atol=1e-6)
     assert features[4].abs().max() == 0
+    np.testing.assert_allclose(progress_features(progress, torch.arange(5)[None] < 4, "change")[0, :, 0], features[:, 1])
 
 
 def test_ground_truth_by_hand():

@@ -51,7 +51,7 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
 
     # frozen video stream: stage 1's video weights come through unchanged; the value stream
     # (here with its per-frame progress regressors, which stage 1 lacks) learns
-    frozen_model = {"version": "s2-frozen", **V3, "value_reads_progress": True}
+    frozen_model = {"version": "s2-frozen", **V3, "value_reads_progress": "level"}
     frozen = train(tiny_config(store, model=frozen_model, init_from=str(stage1), freeze_video=True), tmp_path / "frozen", progress=False)
     second = load_model(frozen)
     for key, value in video_state(first.model).items():

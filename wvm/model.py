@@ -81,9 +81,10 @@ class WVMConfig:
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
     value_reads_goal: bool = False  # ...and the episode-normalised approach to the last frame (goal_progress)
-    # ...and a per-frame progress estimate, its change and its level above the first sample's
-    # (FrameProgress: two regressors on one frame's latents, cross-fitted over halves of the tasks)
-    value_reads_progress: bool = False
+    # ...and a per-frame progress estimate (FrameProgress: two regressors on one frame's latents,
+    # cross-fitted over halves of the tasks): "level" its value, change since the previous sample
+    # and level above the first sample's; "change" the change alone; "" not at all
+    value_reads_progress: str = ""
     value_delta_weight: float = 0.0  # loss on consecutive value differences: the curve's shape, not only its level
     # "rates" head only: cross-entropy of its success probability against whether the episode's
     # ground truth ends at 1; otherwise success is learnt only through the values it scales
@@ -116,6 +117,8 @@ class WVMConfig:
     def __post_init__(self):
         if self.value_head not in ("direct", "rates"):
             raise ValueError(f"value_head must be 'direct' or 'rates', got {self.value_head!r}")
+        if self.value_reads_progress not in PROGRESS_FEATURES:
+            raise ValueError(f"value_reads_progress must be one of {sorted(PROGRESS_FEATURES)}, got {self.value_reads_progress!r}")
         if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
             raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
 
@@ -315,8 +318,9 @@ class ValueStream(nn.Module):
         frame_dim += config.tokens_per_frame * DISTANCE_FEATURES if self.reads_distances else 0
         self.reads_goal = config.value_reads_goal
         frame_dim += GOAL_FEATURES if self.reads_goal else 0
-        self.progress = FrameProgress(config) if config.value_reads_progress else None
-        frame_dim += PROGRESS_FEATURES if self.progress is not None else 0
+        self.reads_progress = config.value_reads_progress
+        self.progress = FrameProgress(config) if self.reads_progress else None
+        frame_dim += PROGRESS_FEATURES[self.reads_progress]
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -343,7 +347,7 @@ class ValueStream(nn.Module):
         if self.reads_goal:
             parts.append(goal_progress(patches, valid))
         if self.progress is not None:
-            parts.append(progress_features(progress, valid))
+            parts.append(progress_features(progress, valid, self.reads_progress))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -424,9 +428,6 @@ def goal_progress(patches: torch.Tensor, valid: torch.Tensor, bound: float = 3.0
     return features * valid[..., None]
 
 
-PROGRESS_FEATURES = 3
-
-
 class FrameProgress(nn.Module):
     """Per-frame progress estimates: two small regressors on one frame's latents, no temporal
     context (the static baseline's cue, row 42d: on tasks never trained on a retrace looks like
@@ -459,13 +460,18 @@ class FrameProgress(nn.Module):
         return estimates.gather(-1, other).squeeze(-1).detach()
 
 
-def progress_features(progress: torch.Tensor, valid: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
-    """Per sample (B, N, 3): the estimate, its change since the previous sample times the
-    episode's steps (about 1 at even pace, negative when it falls), clamped, and its level
-    above the first sample's."""
+PROGRESS_FEATURES = {"": 0, "level": 3, "change": 1}  # value_reads_progress -> features per sample
+
+
+def progress_features(progress: torch.Tensor, valid: torch.Tensor, mode: str = "level", bound: float = 3.0) -> torch.Tensor:
+    """Per sample (B, N, PROGRESS_FEATURES[mode]): the estimate's change since the previous
+    sample times the episode's steps (about 1 at even pace, negative when it falls), clamped;
+    with "level" also the estimate and its level above the first sample's. "change" leaves
+    the level out: on a new task the estimate's level is the less reliable part (row 43)."""
     steps = (valid.sum(1) - 1).clamp(min=1)[:, None]
     change = ((progress - torch.cat([progress[:, :1], progress[:, :-1]], dim=1)) * steps).clamp(-bound, bound)
-    return torch.stack([progress, change, progress - progress[:, :1]], dim=-1) * valid[..., None]
+    parts = [change] if mode == "change" else [progress, change, progress - progress[:, :1]]
+    return torch.stack(parts, dim=-1) * valid[..., None]
 
 
 def progress_from_rates(rates: torch.Tensor, success: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
