@@ -259,3 +259,66 @@ def test_datagen_frames_match_the_gymnasium_render_earlier_datasets_were_made_wi
     assert result.returncode == 0, result.stderr[-3000:]
     words = result.stdout.split()
     assert words[0] == "mismatched" and int(words[1]) == 0 and float(words[3]) > 10, result.stdout
+
+
+def test_waypoint_policy_draws_a_path_per_seed_and_follows_it():
+    """A point-mass hand (Meta-World moves the hand by action / 100 per step) reaches every
+    point in turn; points stay in the reachable box, 10 cm apart; another seed, another path."""
+    from wvm.datagen.metaworld import WaypointPolicy
+
+    start, low, high = np.array([0.0, 0.6, 0.2]), np.array([-0.5, 0.4, 0.05]), np.array([0.5, 1.0, 0.5])
+    policy = WaypointPolicy(3, seed=4, start=start, low=low, high=high)
+    points = policy.points
+    assert points.shape == (3, 3)
+    assert (points >= WaypointPolicy.LOW).all() and (points <= WaypointPolicy.HIGH).all()
+    assert min(np.linalg.norm(np.diff(np.vstack([start, points]), axis=0), axis=1)) >= 0.1
+    np.testing.assert_array_equal(WaypointPolicy(3, 4, start, low, high).points, points)
+    assert np.abs(WaypointPolicy(3, 5, start, low, high).points - points).max() > 0.01
+
+    hand, visited = start.copy(), []
+    for _ in range(500):
+        obs = np.concatenate([hand, np.zeros(36)])
+        if policy.succeeded(obs):
+            break
+        action = policy.get_action(obs)
+        assert action.shape == (4,) and np.abs(action).max() <= 1 and action[3] in (-1.0, 1.0)
+        hand = hand + action[:3] / 100
+        visited.append(policy.reached)
+    else:
+        pytest.fail("the policy never reached its last point")
+    assert visited == sorted(visited) and set(visited) == {0, 1, 2}  # in turn, none skipped
+    assert np.linalg.norm(hand - points[-1]) < WaypointPolicy.REACHED
+
+    # the narrower of the env's reach and the box: an env that reaches less keeps its points inside
+    small_low, small_high = np.array([-0.1, 0.5, 0.1]), np.array([0.1, 0.7, 0.25])
+    inside = WaypointPolicy(4, 9, start, small_low, small_high).points
+    assert (inside >= small_low + 0.02).all() and (inside <= small_high - 0.02).all()
+
+
+@pytest.mark.slow  # ~15 s of software rendering
+def test_datagen_waypoints_render_a_new_task_per_episode_in_the_scene(tmp_path):
+    """--waypoints: every kind renders (same ground-truth formulas), the labels and the dataset
+    name the made-up task, and two expert episodes of one scene follow different paths."""
+    from pipelines.sources import open_source
+
+    out = tmp_path / "way"
+    counts = ["--expert=2", "--hesitation=1", "--retry=1", "--failed=1"]
+    result = datagen(out, "--tasks", TASK, *counts, "--waypoints=3", f"--size={SIZE}", "--workers=1", "--seed=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["episodes"] == 5
+    labels = pq.read_table(str(out) + LABELS_SUFFIX).to_pandas()
+    assert labels["env"].unique().tolist() == ["waypoints-" + TASK]
+    by_kind = {kind: group for kind, group in labels.groupby("kind")}
+    assert sorted(by_kind) == sorted(KINDS)
+    for kind in ("expert", "hesitation", "retry"):
+        assert by_kind[kind]["gt_progress"].iloc[-1] == 1.0
+    assert by_kind["failed"]["gt_progress"].max() < 1.0
+    source = open_source(str(out))
+    episodes = source.episodes()
+    assert {e.task for e in episodes} == {task_text("waypoints-" + TASK)} != {task_text(TASK)}
+    experts = sorted(set(by_kind["expert"]["episode_index"]))
+    ends = [source.read_frames(episodes[i]).state[-1, :3] for i in experts]
+    assert np.linalg.norm(ends[0] - ends[1]) > 0.02  # each ends at its own last point
+
+    result = datagen(tmp_path / "never", "--tasks", TASK, "--expert=1", "--waypoints=-1")
+    assert result.returncode == 1 and "error: --waypoints -1" in result.stderr and "Traceback" not in result.stderr

@@ -39,6 +39,8 @@ def _datagen(args: argparse.Namespace) -> dict:
         raise WvmError(f"--camera-jitter {args.camera_jitter}: expected degrees from 0 to 45")
     if args.camera_jitter and (on_arm := [c for c in cameras if c in metaworld.ARM_CAMERAS]):
         raise WvmError(f"--camera-jitter moves cameras fixed in the scene; {on_arm} ride on the arm")
+    if args.waypoints < 0:
+        raise WvmError(f"--waypoints {args.waypoints}: expected 0 (the tasks' own experts) or a number of points")
     config = metaworld.DatagenConfig(
         out=args.out,
         tasks=tasks,
@@ -50,6 +52,7 @@ def _datagen(args: argparse.Namespace) -> dict:
         fps=args.fps,
         workers=args.workers,
         placement_seed=args.placement_seed,
+        waypoints=args.waypoints,
     )
     return metaworld.generate(config)
 
@@ -95,6 +98,14 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
         metavar="DEG",
         help="a new viewpoint per episode: cameras orbit what they look at by up to DEG degrees in azimuth "
         "(DEG/2 in elevation) and move up to DEG %% closer or farther (default 0: the named cameras as they are)",
+    )
+    mw.add_argument(
+        "--waypoints",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replace each task by a new one per episode in the task's scene: the hand visits N random points "
+        "in turn (labels name it waypoints-<task>); default 0: the task's own scripted expert",
     )
     mw.add_argument("--fps", type=int, default=20, help="frame rate written to the dataset")
     mw.add_argument("--workers", type=int, default=1, help="parallel render processes")

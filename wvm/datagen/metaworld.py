@@ -18,6 +18,13 @@ episode, so the model sees several execution speeds), and one of three kinds:
               1 - S_t / S_0, S_t the env steps the clean expert needs to succeed from the state of
               frame t (clipped to [0, 1]); on an expert episode this is its pace t / (T - 1)
 
+With `waypoints` N the task is replaced by a procedurally generated one in the same scene: the
+hand visits N random points in turn (`WaypointPolicy`), the gripper set at random per leg, and
+success is reaching the last point. No two episodes share a path, so nothing about the scene's
+appearance says how far along an episode is: only the motion does (a pause is frames that stop
+changing, a retry the arm retracing its path). The kinds apply unchanged; labels name the task
+`waypoints-<scene task>`.
+
 Expert, hesitation, retry and noisy episodes are kept only if they succeed; failed ones only if
 they do not. Ground truth follows REFERENCE §2 (wvm.metrics.ground_truth)
 and is written beside the dataset as `<out>.labels.parquet` (schemas.ground_truth). A noisy
@@ -80,9 +87,54 @@ def training_tasks() -> tuple[str, ...]:
     return tuple(t for t in all_tasks() if t not in RESERVED_TASKS)
 
 
+WAYPOINTS_PREFIX = "waypoints-"
+
+
 def task_text(env_name: str) -> str:
     """'drawer-open-v3' -> 'drawer open' (the phrasing of the reference fixture)."""
+    if env_name.startswith(WAYPOINTS_PREFIX):
+        return "move the gripper through the points in turn"
     return env_name.removesuffix("-v3").replace("-", " ")
+
+
+class WaypointPolicy:
+    """A task made up per episode: move the hand through `n` random points in turn.
+
+    The points lie in the part of the arm's reach above the table (at least 10 cm apart, the
+    first 10 cm from the start); each leg sets the gripper open or closed at random. Proportional
+    control like Meta-World's own policies, so the pace resembles theirs.
+    """
+
+    LOW, HIGH = np.array([-0.25, 0.45, 0.1]), np.array([0.25, 0.8, 0.3])
+    REACHED = 0.02  # metres from a point that count as being there
+    GAIN = 10.0
+
+    def __init__(self, n: int, seed: int, start: np.ndarray, low: np.ndarray, high: np.ndarray):
+        rng = np.random.default_rng([seed, 17])
+        low, high = np.maximum(low + 0.02, self.LOW), np.minimum(high - 0.02, self.HIGH)
+        points, previous = [], np.asarray(start, dtype=np.float64)
+        while len(points) < n:
+            point = rng.uniform(low, high)
+            if np.linalg.norm(point - previous) >= 0.1:
+                points.append(point)
+                previous = point
+        self.points = np.stack(points)
+        self.grip = rng.choice([-1.0, 1.0], size=n)
+        self.reached = 0
+
+    def _advance(self, hand: np.ndarray) -> None:
+        while self.reached < len(self.points) and np.linalg.norm(self.points[self.reached] - hand) < self.REACHED:
+            self.reached += 1
+
+    def succeeded(self, obs: np.ndarray) -> bool:
+        self._advance(obs[:3])
+        return self.reached == len(self.points)
+
+    def get_action(self, obs: np.ndarray) -> np.ndarray:
+        self._advance(obs[:3])
+        leg = min(self.reached, len(self.points) - 1)
+        move = np.clip(self.GAIN * (self.points[leg] - obs[:3]), -1, 1)
+        return np.append(move, self.grip[leg]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -109,6 +161,21 @@ class DatagenConfig:
     # so a rerun renders the same scenes. None derives it from `seed`: 100 * seed, so datasets
     # rendered with different seeds never share a task's pool (fewer than 100 tasks).
     placement_seed: int | None = None
+    # 0: each task's own scripted expert. N: a new task per episode in each task's scene, the
+    # hand visiting N random points (WaypointPolicy)
+    waypoints: int = 0
+
+    def __post_init__(self):
+        if self.waypoints < 0:
+            raise ValueError(f"waypoints must be 0 or more, got {self.waypoints}")
+        if self.waypoints and self.per_kind.get("noisy", 0):
+            # measured ground truth replays the expert from saved physics; a path's progress
+            # through its points is not part of that state
+            raise ValueError("noisy episodes are not available for waypoint tasks")
+
+    def label_env(self, task: str) -> str:
+        """The task name written to the labels' env column (and, through task_text, the dataset)."""
+        return WAYPOINTS_PREFIX + task if self.waypoints else task
 
     def task_placement_seed(self, task: str) -> int:
         base = 100 * self.seed if self.placement_seed is None else self.placement_seed
@@ -146,6 +213,7 @@ class _TaskSimulator:
         noise_scale: float = 0.3,
         placement_seed: int | None = None,
         camera_jitter: float = 0.0,
+        waypoints: int = 0,
     ):
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the environments)
@@ -161,6 +229,7 @@ class _TaskSimulator:
         # camera gives the same pixels.
         self.renderer, self.cameras = mujoco.Renderer(model, size, size), cameras
         self.policy = ENV_POLICY_MAP[task]()
+        self.waypoints = waypoints
         self.max_steps = max_steps
         self.state_slice = slice(None) if full_state else slice(0, 4)
         self.noise_scale = noise_scale
@@ -198,11 +267,22 @@ class _TaskSimulator:
             env.model.cam_pos[i], env.model.cam_quat[i] = pivot + offset, quat
         mujoco.mj_forward(env.model, env.data)  # the renderer reads camera poses from data
 
+    def _reset(self, seed: int) -> np.ndarray:
+        """Reset the scene (and with `waypoints` draw this seed's path); the first observation."""
+        obs, _ = self.env.reset(seed=seed)
+        if self.waypoints:
+            env = self.env.unwrapped
+            self.policy = WaypointPolicy(self.waypoints, seed, obs[:3], env.mocap_low, env.mocap_high)
+        return obs
+
     def _start(self, seed: int) -> np.ndarray:
         """Reset the scene and place this episode's cameras; the first observation."""
-        obs, _ = self.env.reset(seed=seed)
+        obs = self._reset(seed)
         self.place_cameras(seed, obs[:3])
         return obs
+
+    def _succeeded(self, obs: np.ndarray, info: dict) -> bool:
+        return self.policy.succeeded(obs) if self.waypoints else bool(info["success"])
 
     def render(self) -> dict[str, np.ndarray]:
         """The current frame from every camera."""
@@ -218,10 +298,10 @@ class _TaskSimulator:
 
     def expert_length(self, seed: int, every: int) -> int | None:
         """Recorded length of the plain expert episode for this seed (no rendering)."""
-        obs, _ = self.env.reset(seed=seed)
+        obs = self._reset(seed)
         for step in range(self.max_steps):
             obs, _, _, _, info = self.env.step(self.policy.get_action(obs))
-            if info["success"]:
+            if self._succeeded(obs, info):
                 return step // every + 1
         return None
 
@@ -265,9 +345,10 @@ class _TaskSimulator:
                 a = np.clip(a + noise.sample(), -1, 1).astype(np.float32)
             obs, _, _, _, info = self.env.step(a)
             history.append(a)
-            if info["success"] or step % every == 0:
+            succeeded = self._succeeded(obs, info)
+            if succeeded or step % every == 0:
                 record(a)
-            if info["success"]:
+            if succeeded:
                 if seg:
                     return None  # succeeded before the planned segment
                 seg_start, seg_end = (m, m + x) if m >= 0 else (-1, -1)
@@ -329,7 +410,7 @@ class _TaskSimulator:
             else:  # drop: open the gripper and lift away
                 a = np.array([0.0, 0.0, 0.5, -1.0], np.float32)
             obs, _, _, _, info = self.env.step(np.clip(a, -1, 1))
-            if info["success"]:
+            if self._succeeded(obs, info):
                 return None
             if step % every == 0:
                 images.append(self.render())
@@ -363,7 +444,15 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
     config, task, plans = args
     placement_seed = config.task_placement_seed(task)
     sim = _TaskSimulator(
-        task, config.size, config.cameras, config.max_steps, config.full_state, config.noise_scale, placement_seed, config.camera_jitter
+        task,
+        config.size,
+        config.cameras,
+        config.max_steps,
+        config.full_state,
+        config.noise_scale,
+        placement_seed,
+        config.camera_jitter,
+        config.waypoints,
     )
     rollouts = []
     for plan in plans:
@@ -427,7 +516,8 @@ def generate(config: DatagenConfig) -> dict:
         for rollouts in pool.map(_simulate_task, jobs):
             for r in rollouts:
                 views = {CAMERA_KEY_PREFIX + camera: images for camera, images in r.images.items()}
-                index = writer.add_episode(views, r.state, r.action, task_text(r.plan.task))
+                env = config.label_env(r.plan.task)
+                index = writer.add_episode(views, r.state, r.action, task_text(env))
                 T = len(r.state)
                 gt = r.progress if r.progress is not None else ground_truth(T, r.plan.kind, r.seg_start, r.seg_end)
                 labels.append(
@@ -437,7 +527,7 @@ def generate(config: DatagenConfig) -> dict:
                             truth_schema.FRAME_INDEX: np.arange(T),
                             truth_schema.GT_PROGRESS: gt,
                             truth_schema.KIND: [r.plan.kind] * T,
-                            truth_schema.ENV: [r.plan.task] * T,
+                            truth_schema.ENV: [env] * T,
                             truth_schema.SEG_START: np.full(T, r.seg_start),
                             truth_schema.SEG_END: np.full(T, r.seg_end),
                         }
