@@ -271,7 +271,13 @@ def test_waypoint_policy_draws_a_path_per_seed_and_follows_it():
     points = policy.points
     assert points.shape == (3, 3)
     assert (points >= WaypointPolicy.LOW).all() and (points <= WaypointPolicy.HIGH).all()
-    assert min(np.linalg.norm(np.diff(np.vstack([start, points]), axis=0), axis=1)) >= 0.1
+    path = np.vstack([start, points])
+    legs = np.diff(path, axis=0)
+    assert min(np.linalg.norm(legs, axis=1)) >= 0.1
+    # outward only: farther from the start at every point, no leg turning back on the last
+    assert (np.diff(np.linalg.norm(path - start, axis=1)) >= 0.02).all()
+    cosines = (legs[1:] * legs[:-1]).sum(1) / np.linalg.norm(legs[1:], axis=1) / np.linalg.norm(legs[:-1], axis=1)
+    assert (cosines > -0.5).all()
     np.testing.assert_array_equal(WaypointPolicy(3, 4, start, low, high).points, points)
     assert np.abs(WaypointPolicy(3, 5, start, low, high).points - points).max() > 0.01
 
@@ -290,9 +296,11 @@ def test_waypoint_policy_draws_a_path_per_seed_and_follows_it():
     assert np.linalg.norm(hand - points[-1]) < WaypointPolicy.REACHED
 
     # the narrower of the env's reach and the box: an env that reaches less keeps its points inside
-    small_low, small_high = np.array([-0.1, 0.5, 0.1]), np.array([0.1, 0.7, 0.25])
-    inside = WaypointPolicy(4, 9, start, small_low, small_high).points
+    small_low, small_high = np.array([-0.15, 0.5, 0.1]), np.array([0.15, 0.75, 0.25])
+    inside = WaypointPolicy(3, 9, start, small_low, small_high).points
     assert (inside >= small_low + 0.02).all() and (inside <= small_high - 0.02).all()
+    with pytest.raises(ValueError, match="no outward path of 4 points"):  # no room: a clear error, not a hang
+        WaypointPolicy(4, 9, start, np.array([-0.1, 0.5, 0.1]), np.array([0.1, 0.7, 0.25]))
 
 
 @pytest.mark.slow  # ~15 s of software rendering

@@ -100,9 +100,12 @@ def task_text(env_name: str) -> str:
 class WaypointPolicy:
     """A task made up per episode: move the hand through `n` random points in turn.
 
-    The points lie in the part of the arm's reach above the table (at least 10 cm apart, the
-    first 10 cm from the start); each leg sets the gripper open or closed at random. Proportional
-    control like Meta-World's own policies, so the pace resembles theirs.
+    The points lie in the part of the arm's reach above the table, at least 10 cm apart; each leg
+    sets the gripper open or closed at random. The path only leads outward: every point is at
+    least 2 cm farther from the start than the one before, and no leg turns back by more than
+    120 degrees, so heading back to where the arm was is never part of the work (rendered retries
+    are, and must stay tellable from it: experiment log row 45). Proportional control like
+    Meta-World's own policies, so the pace resembles theirs.
     """
 
     LOW, HIGH = np.array([-0.25, 0.45, 0.1]), np.array([0.25, 0.8, 0.3])
@@ -112,12 +115,23 @@ class WaypointPolicy:
     def __init__(self, n: int, seed: int, start: np.ndarray, low: np.ndarray, high: np.ndarray):
         rng = np.random.default_rng([seed, 17])
         low, high = np.maximum(low + 0.02, self.LOW), np.minimum(high - 0.02, self.HIGH)
-        points, previous = [], np.asarray(start, dtype=np.float64)
-        while len(points) < n:
+        start = np.asarray(start, dtype=np.float64)
+        path = [start]
+        for _ in range(1000 * n):
+            if len(path) > n:
+                break
             point = rng.uniform(low, high)
-            if np.linalg.norm(point - previous) >= 0.1:
-                points.append(point)
-                previous = point
+            leg = point - path[-1]
+            farther = np.linalg.norm(point - start) >= np.linalg.norm(path[-1] - start) + 0.02
+            last = path[-1] - path[-2] if len(path) > 1 else leg
+            turn = np.dot(leg, last) / max(np.linalg.norm(leg) * np.linalg.norm(last), 1e-9)  # cosine
+            if np.linalg.norm(leg) >= 0.1 and farther and turn > -0.5:
+                path.append(point)
+            elif len(path) > 1 and rng.random() < 0.02:
+                path.pop()  # likely a dead end (no room farther out): back off one point
+        if len(path) <= n:
+            raise ValueError(f"no outward path of {n} points fits between {low} and {high} from {start}")
+        points = path[1:]
         self.points = np.stack(points)
         self.grip = rng.choice([-1.0, 1.0], size=n)
         self.reached = 0
@@ -461,7 +475,11 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
             seed = plan.seed + 100_003 * attempt
             rng = np.random.default_rng(seed)
             every = int(rng.integers(config.record_every[0], config.record_every[1] + 1))
-            length = sim.expert_length(seed, every)
+            try:
+                length = sim.expert_length(seed, every)
+            except Exception as exc:  # e.g. no waypoint path fits this scene's reach
+                log.warning("%s seed %d: %s", task, seed, exc)
+                continue
             if length is None or length < 8:
                 continue
             seg = None
