@@ -131,8 +131,7 @@ class WaypointPolicy:
                 path.pop()  # likely a dead end (no room farther out): back off one point
         if len(path) <= n:
             raise ValueError(f"no outward path of {n} points fits between {low} and {high} from {start}")
-        points = path[1:]
-        self.points = np.stack(points)
+        self.points = np.stack(path[1:])
         self.grip = rng.choice([-1.0, 1.0], size=n)
         self.reached = 0
 
