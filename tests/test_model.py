@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipelines.weights import expert_voc, spearman
-from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_model
+from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, progress_features, progress_from_rates
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -193,6 +193,47 @@ def test_checkpoint_that_does_not_match_its_config(tmp_path):
     for read in (load_model, checkpoint_identity):
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
             read(tmp_path / "ckpt")
+
+
+def test_an_ensemble_encodes_once_and_averages_its_members(tmp_path):
+    """Seeds of one recipe (one config, one frozen encoder) combine into one checkpoint whose
+    values are the members' mean and whose OOD score is the shared encoder's."""
+    members = []
+    for seed in range(3):
+        model = small_model(**V3, version=f"seed-{seed}")
+        if members:  # stage 2 keeps stage 1's encoder frozen: every seed has the same one
+            model.autoencoder.load_state_dict(members[0].autoencoder.state_dict())
+        torch.manual_seed(seed + 1)
+        for p in model.value.parameters():  # members differ where training differs
+            p.data.add_(0.3 * torch.randn_like(p))
+        save_model(tmp_path / f"s{seed}", model, model.config)
+        members.append(model)
+    digest = save_ensemble([tmp_path / f"s{s}" for s in range(3)], tmp_path / "ens", "test-ens")
+    loaded = load_model(tmp_path / "ens")
+    assert isinstance(loaded.model, EnsembleValueModel) and loaded.config.members == 3
+    assert loaded.version == "test-ens" and checkpoint_identity(tmp_path / "ens") == ("test-ens", digest)
+    assert not any(k.startswith("members.") and ".autoencoder." in k for k in loaded.model.state_dict())  # stored once
+    frames = torch.randint(0, 256, (2, 24, 64, 64, 3), dtype=torch.uint8)
+    text, lengths = torch.randn(2, 384), torch.tensor([24, 9])
+    each = torch.stack([m.predict(frames, text, lengths) for m in members])
+    assert (each[0] - each[1]).abs().max() > 1e-3  # the members really differ
+    assert torch.allclose(loaded.model.predict(frames, text, lengths), each.mean(0), atol=1e-6)
+    ood = [predict_with_ood(m, frames, text, lengths)[1] for m in (members[0], loaded.model)]
+    assert torch.equal(ood[0], ood[1])
+
+
+def test_an_ensemble_refuses_members_that_are_not_seeds_of_one_recipe(tmp_path):
+    a, b, c = small_model(**V3), small_model(**V3), small_model(**V3, value_delta_weight=0.5)
+    b.autoencoder.decoder[0].weight.data += 1.0  # another stage 1
+    for name, model in zip("abc", (a, b, c)):
+        save_model(tmp_path / name, model, model.config)
+    with pytest.raises(CheckpointError, match=r"b: frozen encoder differs .* one stage 1"):
+        save_ensemble([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", "x")
+    with pytest.raises(CheckpointError, match=r"c: config differs .*\['value_delta_weight'\]"):
+        save_ensemble([tmp_path / "a", tmp_path / "c"], tmp_path / "ens", "x")
+    with pytest.raises(CheckpointError, match="two or more"):
+        save_ensemble([tmp_path / "a"], tmp_path / "ens", "x")
+    assert not (tmp_path / "ens").exists()  # nothing half-written
 
 
 # -- metrics (REFERENCE §2) -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import METAWORLD_LABELS, METAWORLD_MINI
 from pipelines.engines.base import LocalEngine
 from pipelines.ingest import IngestConfig, run_ingest
-from wvm.checkpoint import load_model
+from wvm.checkpoint import CheckpointError, load_model, save_ensemble
 from wvm.train import DataSpec, TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,13 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     assert torch.equal(joint.model.autoencoder.encoder[0].weight, first.model.autoencoder.encoder[0].weight)
     changed = [k for k, v in video_state(first.model).items() if not torch.equal(joint.model.state_dict()[k], v)]
     assert changed
+
+    # another seed of the same stage 2 shares the frozen encoder: the two combine into an ensemble
+    other = train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1), seed=1), tmp_path / "joint_s1", progress=False)
+    save_ensemble([tmp_path / "joint" / "final", other], tmp_path / "ensemble", "s2-ensemble")
+    assert load_model(tmp_path / "ensemble").config.members == 2
+    with pytest.raises(CheckpointError, match="train each member as its own run"):
+        train(tiny_config(store, model={"members": 2}), tmp_path / "members", progress=False)
 
 
 def test_a_stopped_run_resumes_where_it_stopped(store, tmp_path):

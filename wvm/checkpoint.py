@@ -123,3 +123,29 @@ def load_model(directory: str | Path | None = None, device: str = "cpu", fresh_p
     model.load_state_dict(state, strict=not fresh_prefix)
     model.to(device).eval()
     return LoadedModel(model, config, file_hash(weights), str(directory))
+
+
+def save_ensemble(members: list[str | Path], out: str | Path, version: str) -> str:
+    """One checkpoint of several trained models of one recipe (wvm.model.EnsembleValueModel):
+    they must have one config (but for their version) and one frozen encoder, i.e. stage 2 runs
+    with different seeds from the same stage 1. Returns the new checkpoint's hash."""
+    if len(members) < 2:
+        raise CheckpointError(f"an ensemble needs two or more member checkpoints, got {len(members)}")
+    loaded = [load_model(m) for m in members]
+    first = loaded[0]
+    if first.config.members != 1:
+        raise CheckpointError(f"{first.path}: is itself an ensemble; list its members instead")
+    reference = {**first.config.to_dict(), "version": ""}
+    encoder = first.model.autoencoder.state_dict()
+    for other in loaded[1:]:
+        differs = sorted(k for k, v in {**other.config.to_dict(), "version": ""}.items() if reference[k] != v)
+        if differs:
+            raise CheckpointError(f"{other.path}: config differs from {first.path} in {differs}; members must be seeds of one recipe")
+        if any(not torch.equal(v, other.model.autoencoder.state_dict()[k]) for k, v in encoder.items()):
+            raise CheckpointError(f"{other.path}: frozen encoder differs from {first.path}'s; members must share one stage 1")
+    config = WVMConfig.from_dict({**reference, "members": len(loaded), "version": version})
+    ensemble = build_model(config)
+    ensemble.autoencoder.load_state_dict(encoder)
+    for slot, member in zip(ensemble.members, loaded):
+        slot.load_state_dict({k: v for k, v in member.model.state_dict().items() if not k.startswith("autoencoder.")})
+    return save_model(out, ensemble, config)

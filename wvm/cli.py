@@ -224,6 +224,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_train)
 
 
+def _ensemble(args: argparse.Namespace) -> dict:
+    from wvm.checkpoint import save_ensemble
+
+    checkpoint_hash = save_ensemble(args.member, args.out, args.version)
+    return {"checkpoint": args.out, "version": args.version, "members": len(args.member), "hash": checkpoint_hash}
+
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="combine models of one recipe trained with different seeds into one checkpoint",
+        description="Write one checkpoint at OUT holding every --member (stage-2 runs of one config with "
+        "different --seed from the same stage 1, so one frozen encoder): frames are encoded once, each member "
+        "labels the episode and their values are averaged. Members with different configs or encoders are an error.",
+    )
+    p.add_argument("--member", action="append", required=True, help="a member checkpoint directory (e.g. RUN/final), repeatable, two or more")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--version", required=True, help="model version the labels will carry, e.g. wvm-small-mw35-v9")
+    p.set_defaults(run=_ensemble)
+
+
 def _eval(args: argparse.Namespace) -> dict:
     from wvm.evaluate import RAMP, evaluate, load_bench
     from wvm.handlers import LocalHandler
@@ -491,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nightly(sub)
     _add_report(sub)
     _add_train(sub)
+    _add_ensemble(sub)
     _add_eval(sub)
     _add_serve(sub)
     _add_datagen(sub)

@@ -37,12 +37,17 @@ into expert episodes, labelled by the same ground-truth formulas.
 Inference is one Euler step from pure noise (t = 0) with a fixed noise sample, every frame
 clean, so an episode's values are a deterministic function of its frames and task text,
 whatever batch it arrives in. Each sampled frame is encoded once.
+
+An ensemble (`EnsembleValueModel`, `members` > 1) holds stage-2 runs of one config with
+different seeds from one stage 1, sharing its frozen encoder: each labels the episode from the
+same latents and their values are averaged. Seeds differ most on unseen tasks, where the mean
+beats the typical seed (reports/experiments.md row 46).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn as nn
@@ -112,6 +117,9 @@ class WVMConfig:
     backbone: str = "small"
     backbone_path: str = ""
     kind: str = "wvm"  # wvm | static (the per-frame baseline)
+    # > 1: an ensemble of this many models of this config, trained with different seeds from
+    # one stage 1 (so one frozen encoder), values averaged (EnsembleValueModel, `wvm ensemble`)
+    members: int = 1
     version: str = "dev"
 
     def __post_init__(self):
@@ -121,6 +129,8 @@ class WVMConfig:
             raise ValueError(f"value_reads_progress must be one of {sorted(PROGRESS_FEATURES)}, got {self.value_reads_progress!r}")
         if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
             raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
 
     @property
     def latent_size(self) -> int:
@@ -733,5 +743,31 @@ def make_video_backbone(config: WVMConfig) -> nn.Module:
     return getattr(importlib.import_module(module), factory)(config)
 
 
+class EnsembleValueModel(nn.Module):
+    """Seeds of one recipe sharing stage 1's frozen encoder, values averaged (see the module
+    docstring); built from trained members by `wvm.checkpoint.save_ensemble` (`wvm ensemble`)."""
+
+    def __init__(self, config: WVMConfig):
+        super().__init__()
+        self.config = config
+        self.autoencoder = FrameAutoencoder(config)
+        self.members = nn.ModuleList(build_model(replace(config, members=1)) for _ in range(config.members))
+        for member in self.members:
+            del member.autoencoder  # the shared one above encodes for all
+
+    encode_frames = WorldValueModel.encode_frames
+    encode_and_score = WorldValueModel.encode_and_score
+
+    @torch.no_grad()
+    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.predict_latents(self.encode_frames(frames), text, lengths)
+
+    @torch.no_grad()
+    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member.predict_latents(latents, text, lengths) for member in self.members]).mean(0)
+
+
 def build_model(config: WVMConfig) -> nn.Module:
+    if config.members > 1:
+        return EnsembleValueModel(config)
     return {"wvm": WorldValueModel, "static": StaticValueModel}[config.kind](config)

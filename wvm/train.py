@@ -82,6 +82,8 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.device = torch.device(config.device)
         self.model_config = WVMConfig.from_dict(config.model)
+        if self.model_config.members > 1:
+            raise CheckpointError("model.members > 1: train each member as its own run (one --seed each), then combine them with `wvm ensemble`")
         self.log_file = open(self.out / "log.jsonl", "a")
 
     # -- bookkeeping -------------------------------------------------------------------------
