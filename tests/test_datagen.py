@@ -303,6 +303,35 @@ def test_waypoint_policy_draws_a_path_per_seed_and_follows_it():
         WaypointPolicy(4, 9, start, np.array([-0.1, 0.5, 0.1]), np.array([0.1, 0.7, 0.25]))
 
 
+def test_waypoint_legs_at_their_own_speed_still_reach_every_point():
+    """min_speed < 1: each leg has its own pace in [min_speed, 1] (the path and gripper are the
+    seed's as before); the hand still gets through every point, more slowly."""
+    from wvm.datagen.metaworld import WaypointPolicy
+
+    start, low, high = np.array([0.0, 0.6, 0.2]), np.array([-0.5, 0.4, 0.05]), np.array([0.5, 1.0, 0.5])
+
+    def run(policy) -> tuple[int, list[float]]:
+        hand, peaks = start.copy(), [0.0] * 3
+        for step in range(2000):
+            obs = np.concatenate([hand, np.zeros(36)])
+            if policy.succeeded(obs):
+                return step, peaks
+            action = policy.get_action(obs)
+            peaks[policy.reached] = max(peaks[policy.reached], np.abs(action[:3]).max())
+            hand = hand + action[:3] / 100
+        pytest.fail("the policy never reached its last point")
+
+    full, slow = WaypointPolicy(3, 4, start, low, high), WaypointPolicy(3, 4, start, low, high, min_speed=0.2)
+    np.testing.assert_array_equal(slow.points, full.points)
+    np.testing.assert_array_equal(slow.grip, full.grip)
+    assert (full.speed == 1).all() and (slow.speed >= 0.2).all() and (slow.speed < 1).all()
+    full_steps, _ = run(full)
+    slow_steps, peaks = run(slow)
+    assert slow_steps > 1.2 * full_steps
+    assert all(peak <= speed + 1e-6 for peak, speed in zip(peaks, slow.speed))  # no leg faster than its pace
+    assert len(set(np.round(slow.speed, 3))) == 3  # legs differ
+
+
 @pytest.mark.slow  # ~15 s of software rendering
 def test_datagen_waypoints_render_a_new_task_per_episode_in_the_scene(tmp_path):
     """--waypoints: every kind renders (same ground-truth formulas), the labels and the dataset
@@ -330,3 +359,5 @@ def test_datagen_waypoints_render_a_new_task_per_episode_in_the_scene(tmp_path):
 
     result = datagen(tmp_path / "never", "--tasks", TASK, "--expert=1", "--waypoints=-1")
     assert result.returncode == 1 and "error: --waypoints -1" in result.stderr and "Traceback" not in result.stderr
+    result = datagen(tmp_path / "never", "--tasks", TASK, "--expert=1", "--waypoints=3", "--waypoint-min-speed=0")
+    assert result.returncode == 1 and "error: --waypoint-min-speed 0.0" in result.stderr and "Traceback" not in result.stderr

@@ -41,6 +41,8 @@ def _datagen(args: argparse.Namespace) -> dict:
         raise WvmError(f"--camera-jitter moves cameras fixed in the scene; {on_arm} ride on the arm")
     if args.waypoints < 0:
         raise WvmError(f"--waypoints {args.waypoints}: expected 0 (the tasks' own experts) or a number of points")
+    if not 0 < args.waypoint_min_speed <= 1:
+        raise WvmError(f"--waypoint-min-speed {args.waypoint_min_speed}: expected a fraction of the full pace in (0, 1]")
     config = metaworld.DatagenConfig(
         out=args.out,
         tasks=tasks,
@@ -53,6 +55,7 @@ def _datagen(args: argparse.Namespace) -> dict:
         workers=args.workers,
         placement_seed=args.placement_seed,
         waypoints=args.waypoints,
+        waypoint_min_speed=args.waypoint_min_speed,
     )
     return metaworld.generate(config)
 
@@ -106,6 +109,14 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="replace each task by a new one per episode in the task's scene: the hand visits N random points "
         "in turn (labels name it waypoints-<task>); default 0: the task's own scripted expert",
+    )
+    mw.add_argument(
+        "--waypoint-min-speed",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --waypoints: each leg moves at a fraction of the full pace drawn from [S, 1], so slow motion is "
+        "work too (default 1: every leg at full pace)",
     )
     mw.add_argument("--fps", type=int, default=20, help="frame rate written to the dataset")
     mw.add_argument("--workers", type=int, default=1, help="parallel render processes")

@@ -105,14 +105,17 @@ class WaypointPolicy:
     least 2 cm farther from the start than the one before, and no leg turns back by more than
     120 degrees, so heading back to where the arm was is never part of the work (rendered retries
     are, and must stay tellable from it: experiment log row 45). Proportional control like
-    Meta-World's own policies, so the pace resembles theirs.
+    Meta-World's own policies, so the pace resembles theirs; with `min_speed` < 1 each leg moves
+    at its own fraction of that pace, drawn from [min_speed, 1], so slow, small motion is work
+    too and only a still arm is a pause (unseen tasks' slow phases, e.g. turning a dial, read
+    as stalls: experiment log row 47).
     """
 
     LOW, HIGH = np.array([-0.25, 0.45, 0.1]), np.array([0.25, 0.8, 0.3])
     REACHED = 0.02  # metres from a point that count as being there
     GAIN = 10.0
 
-    def __init__(self, n: int, seed: int, start: np.ndarray, low: np.ndarray, high: np.ndarray):
+    def __init__(self, n: int, seed: int, start: np.ndarray, low: np.ndarray, high: np.ndarray, min_speed: float = 1.0):
         rng = np.random.default_rng([seed, 17])
         low, high = np.maximum(low + 0.02, self.LOW), np.minimum(high - 0.02, self.HIGH)
         start = np.asarray(start, dtype=np.float64)
@@ -133,6 +136,7 @@ class WaypointPolicy:
             raise ValueError(f"no outward path of {n} points fits between {low} and {high} from {start}")
         self.points = np.stack(path[1:])
         self.grip = rng.choice([-1.0, 1.0], size=n)
+        self.speed = rng.uniform(min_speed, 1.0, size=n) if min_speed < 1 else np.ones(n)
         self.reached = 0
 
     def _advance(self, hand: np.ndarray) -> None:
@@ -146,7 +150,7 @@ class WaypointPolicy:
     def get_action(self, obs: np.ndarray) -> np.ndarray:
         self._advance(obs[:3])
         leg = min(self.reached, len(self.points) - 1)
-        move = np.clip(self.GAIN * (self.points[leg] - obs[:3]), -1, 1)
+        move = np.clip(self.GAIN * (self.points[leg] - obs[:3]), -1, 1) * self.speed[leg]
         return np.append(move, self.grip[leg]).astype(np.float32)
 
 
@@ -177,10 +181,14 @@ class DatagenConfig:
     # 0: each task's own scripted expert. N: a new task per episode in each task's scene, the
     # hand visiting N random points (WaypointPolicy)
     waypoints: int = 0
+    # waypoint tasks: each leg's speed is drawn from [waypoint_min_speed, 1] of the full pace
+    waypoint_min_speed: float = 1.0
 
     def __post_init__(self):
         if self.waypoints < 0:
             raise ValueError(f"waypoints must be 0 or more, got {self.waypoints}")
+        if not 0 < self.waypoint_min_speed <= 1:
+            raise ValueError(f"waypoint_min_speed must be in (0, 1], got {self.waypoint_min_speed}")
         if self.waypoints and self.per_kind.get("noisy", 0):
             # measured ground truth replays the expert from saved physics; a path's progress
             # through its points is not part of that state
@@ -227,6 +235,7 @@ class _TaskSimulator:
         placement_seed: int | None = None,
         camera_jitter: float = 0.0,
         waypoints: int = 0,
+        waypoint_min_speed: float = 1.0,
     ):
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the environments)
@@ -242,7 +251,7 @@ class _TaskSimulator:
         # camera gives the same pixels.
         self.renderer, self.cameras = mujoco.Renderer(model, size, size), cameras
         self.policy = ENV_POLICY_MAP[task]()
-        self.waypoints = waypoints
+        self.waypoints, self.waypoint_min_speed = waypoints, waypoint_min_speed
         self.max_steps = max_steps
         self.state_slice = slice(None) if full_state else slice(0, 4)
         self.noise_scale = noise_scale
@@ -285,7 +294,7 @@ class _TaskSimulator:
         obs, _ = self.env.reset(seed=seed)
         if self.waypoints:
             env = self.env.unwrapped
-            self.policy = WaypointPolicy(self.waypoints, seed, obs[:3], env.mocap_low, env.mocap_high)
+            self.policy = WaypointPolicy(self.waypoints, seed, obs[:3], env.mocap_low, env.mocap_high, self.waypoint_min_speed)
         return obs
 
     def _start(self, seed: int) -> np.ndarray:
@@ -466,6 +475,7 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
         placement_seed,
         config.camera_jitter,
         config.waypoints,
+        config.waypoint_min_speed,
     )
     rollouts = []
     for plan in plans:
