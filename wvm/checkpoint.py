@@ -141,7 +141,8 @@ def save_ensemble(members: list[str | Path], out: str | Path, version: str) -> s
         differs = sorted(k for k, v in {**other.config.to_dict(), "version": ""}.items() if reference[k] != v)
         if differs:
             raise CheckpointError(f"{other.path}: config differs from {first.path} in {differs}; members must be seeds of one recipe")
-        if any(not torch.equal(v, other.model.autoencoder.state_dict()[k]) for k, v in encoder.items()):
+        theirs = other.model.autoencoder.state_dict()
+        if any(not torch.equal(v, theirs[k]) for k, v in encoder.items()):
             raise CheckpointError(f"{other.path}: frozen encoder differs from {first.path}'s; members must share one stage 1")
     config = WVMConfig.from_dict({**reference, "members": len(loaded), "version": version})
     ensemble = build_model(config)

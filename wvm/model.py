@@ -757,10 +757,7 @@ class EnsembleValueModel(nn.Module):
 
     encode_frames = WorldValueModel.encode_frames
     encode_and_score = WorldValueModel.encode_and_score
-
-    @torch.no_grad()
-    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.predict_latents(self.encode_frames(frames), text, lengths)
+    predict = WorldValueModel.predict
 
     @torch.no_grad()
     def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
