@@ -42,10 +42,13 @@ class ValueModelHandler(Protocol):
         the backend allows (a run's driver needs only this; its workers load the model)."""
         ...
 
-    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_batch_with_ood(
+        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """frames uint8 (B, N, H, W, 3): each episode's samples; texts: B task strings; lengths
-        int32 (B,): real samples per episode. Returns float32 values (B, N) in [0, 1] and each
-        episode's out-of-distribution score (B,)."""
+        int32 (B,): real samples per episode; states: optional float32 (B, N, S) robot state at
+        the samples (schemas/inference.py STATE). Returns float32 values (B, N) in [0, 1] and
+        each episode's out-of-distribution score (B,)."""
         ...
 
     def close(self) -> None: ...

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from schemas.inference import stack_states
+
 
 def sample_positions(length: int, samples: int) -> np.ndarray:
     """Frame indices at which the model reads an episode: `samples` evenly spaced frames, first
@@ -81,20 +83,27 @@ class EpisodeChain:
 
 # frames for (chain, frame indices) -> uint8 (K, H, W, 3)
 FrameFetcher = Callable[[EpisodeChain, np.ndarray], np.ndarray]
-# (frames (B, N, H, W, 3) uint8, texts, real sample counts (B,)) -> (values (B, N), OOD (B,)):
-# a handler's run_batch_with_ood
-EpisodePredictor = Callable[[np.ndarray, list[str], np.ndarray], tuple[np.ndarray, np.ndarray]]
+# robot states for (chain, frame indices) -> float32 (K, S), or None when the episode has none
+StateFetcher = Callable[[EpisodeChain, np.ndarray], "np.ndarray | None"]
+# (frames (B, N, H, W, 3) uint8, texts, real sample counts (B,)[, states (B, N, S)]) ->
+# (values (B, N), OOD (B,)): a handler's run_batch_with_ood
+EpisodePredictor = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
-def label_episodes(chains: Iterable[EpisodeChain], fetch: FrameFetcher, predict: EpisodePredictor, batch_size: int = 64) -> None:
+def label_episodes(
+    chains: Iterable[EpisodeChain], fetch: FrameFetcher, predict: EpisodePredictor, batch_size: int = 64, fetch_states: StateFetcher | None = None
+) -> None:
     """Answer every chain's request, `batch_size` episodes per model call. `chains` may be a
     lazy iterator (e.g. episodes decoded in the background while the model runs); episodes of
-    different frame sizes (cameras) go in separate batches."""
+    different frame sizes (cameras) go in separate batches. With `fetch_states`, requests carry
+    the robot's state at the samples where the episode has one (schemas/inference.py STATE)."""
     pending: dict[tuple, list] = {}
 
     def run(items: list) -> None:
-        values, ood = predict(np.stack([f for _, f, _ in items]), [c.text for c, _, _ in items], np.array([k for _, _, k in items], np.int32))
-        for (chain, _, _), v, o in zip(items, values, ood):
+        args = [np.stack([f for _, f, _, _ in items]), [c.text for c, _, _, _ in items], np.array([k for _, _, k, _ in items], np.int32)]
+        states = stack_states([s for _, _, _, s in items], items[0][1].shape[0])
+        values, ood = predict(*args) if states is None else predict(*args, states)
+        for (chain, _, _, _), v, o in zip(items, values, ood):
             chain.add(v, o)
 
     for chain in chains:
@@ -102,8 +111,9 @@ def label_episodes(chains: Iterable[EpisodeChain], fetch: FrameFetcher, predict:
             continue
         indices, count = chain.request()
         frames = fetch(chain, indices)
+        states = fetch_states(chain, indices) if fetch_states is not None else None
         group = pending.setdefault(frames.shape, [])
-        group.append((chain, frames, count))
+        group.append((chain, frames, count, None if states is None else np.asarray(states, np.float32)))
         if len(group) >= batch_size:
             run(group)
             pending[frames.shape] = []

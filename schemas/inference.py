@@ -10,6 +10,9 @@ Inputs
   TASK          BYTES  [B, 1]               task text, UTF-8
   LENGTH        INT32  [B, 1]               how many leading frames are real samples (2..N, or 1
                                             for a one-frame episode); the rest is padding
+  STATE         FP32   [B, N, S]            optional: the robot's state (observation.state) at
+                                            each sample, zero padded to the batch's widest; all
+                                            NaN for an episode recorded without one
 Outputs
   VALUES        FP32   [B, N]               progress at each sample, in [0, 1] (0 at padding)
   OOD           FP32   [B, 1]               out-of-distribution score of the episode's frames:
@@ -29,6 +32,7 @@ MODEL_NAME = "wvm"
 FRAMES = "FRAMES"
 TASK = "TASK"
 LENGTH = "LENGTH"
+STATE = "STATE"
 VALUES = "VALUES"
 OOD = "OOD"
 MODEL_VERSION = "MODEL_VERSION"
@@ -44,6 +48,7 @@ MAX_BATCH = 64  # episodes per request (config.pbtxt max_batch_size)
 MAX_SIDE = 1024  # pixels; frames are downscaled by the model anyway
 MIN_SIDE = 8
 MAX_TASK_BYTES = 1024
+MAX_STATE_WIDTH = 1024
 
 
 def config_parameters(config: dict) -> dict[str, str]:
@@ -91,3 +96,33 @@ def check_window_batch(frames: np.ndarray, texts, lengths: np.ndarray, window_fr
         raise ContractError(f"{LENGTH} must be int32 with one count per episode, got {lengths.dtype} {list(lengths.shape)}")
     if np.any(lengths < 1) or np.any(lengths > window_frames):
         raise ContractError(f"{LENGTH} must be in 1..{window_frames}")
+
+
+def check_state_batch(states: np.ndarray | None, batch: int, window_frames: int) -> None:
+    """Raise ContractError unless `states` is None or a valid STATE input for `batch` episodes."""
+    if states is None:
+        return
+    if not isinstance(states, np.ndarray) or states.dtype != np.float32:
+        raise ContractError(f"{STATE} must be float32, got {getattr(states, 'dtype', type(states))}")
+    if states.ndim != 3 or states.shape[:2] != (batch, window_frames) or not 1 <= states.shape[2] <= MAX_STATE_WIDTH:
+        raise ContractError(f"{STATE} must be [{batch}, {window_frames}, S] with S in 1..{MAX_STATE_WIDTH}, got {list(states.shape)}")
+    missing = np.isnan(states)
+    partial = missing.any(axis=(1, 2)) & ~missing.all(axis=(1, 2))
+    if partial.any():
+        raise ContractError(f"{STATE} of episode {int(np.argmax(partial))} is partly NaN: NaN means the whole episode has no state")
+    if np.isinf(states).any():
+        raise ContractError(f"{STATE} has infinite values")
+
+
+def stack_states(states: list[np.ndarray | None], window_frames: int) -> np.ndarray | None:
+    """Per-episode states at the samples ((N, S_i) or None) -> one STATE input: zero padded to
+    the widest, NaN for episodes without; None when no episode has one."""
+    if all(s is None for s in states):
+        return None
+    width = max(s.shape[1] for s in states if s is not None)
+    out = np.full((len(states), window_frames, width), np.nan, np.float32)
+    for i, s in enumerate(states):
+        if s is not None:
+            out[i] = 0.0
+            out[i, :, : s.shape[1]] = s
+    return out

@@ -56,3 +56,25 @@ def test_model_version_string_round_trips():
     assert contract.parse_model_version(answer) == ("wvm-small-mw35-v3", "6f9fd6de0e1f9bec")
     assert contract.parse_model_version("a@b@c") == ("a@b", "c")  # the hash is after the last @
     assert contract.parse_model_version("no-hash") == ("no-hash", "")
+
+
+def test_robot_states_are_optional_and_checked():
+    contract.check_state_batch(None, 2, N)
+    good = np.zeros((2, N, 5), np.float32)
+    good[1] = np.nan  # an episode recorded without a state
+    contract.check_state_batch(good, 2, N)
+    partly = good.copy()
+    partly[0, 3, 1] = np.nan
+    for states, message in [
+        (good.astype(np.float64), "STATE must be float32"),
+        (good[:, :-1], r"STATE must be \[2, 24, S\]"),
+        (good[:1], r"STATE must be \[2, 24, S\]"),
+        (np.zeros((2, N, 0), np.float32), r"S in 1..1024"),
+        (partly, "STATE of episode 0 is partly NaN"),
+        (np.full((2, N, 5), np.inf, np.float32), "STATE has infinite values"),
+    ]:
+        with pytest.raises(contract.ContractError, match=message):
+            contract.check_state_batch(states, 2, N)
+    stacked = contract.stack_states([np.ones((N, 2), np.float32), None, np.ones((N, 4), np.float32)], N)
+    assert stacked.shape == (3, N, 4) and np.all(stacked[0, :, 2:] == 0) and np.isnan(stacked[1]).all()
+    assert contract.stack_states([None, None], N) is None

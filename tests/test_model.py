@@ -12,7 +12,7 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, EnsembleValueModel, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, state_features
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -293,6 +293,49 @@ def test_frame_progress_is_cross_fitted():
     np.testing.assert_allclose(FrameProgress.read(estimates, torch.tensor([0, 1])), [[1, 1, 1], [0, 0, 0]])
     np.testing.assert_allclose(FrameProgress.read(estimates, None), 0.5)
     assert not FrameProgress.read(estimates, None).requires_grad
+
+
+def test_state_features_by_hand():
+    """An arm moving evenly along a line, pausing, retracing two steps and redoing them; the
+    same motion in other units and a wider, zero-padded state; a video-only episode."""
+    line = np.array([0, 1, 2, 3, 3.02, 3.04, 2.1, 1.1, 2, 3, 4, 5])  # positions at 12 samples
+    one = torch.tensor(line, dtype=torch.float32)[:, None] * torch.tensor([1.0, 0.5, 0, 0, 0, 0])
+    states = torch.stack([one, one * 3.0, torch.full((12, 6), float("nan"))])
+    valid = torch.ones(3, 12, dtype=torch.bool)
+    f = state_features(states, valid)
+    np.testing.assert_allclose(f[0], f[1], atol=1e-5)  # units and zero padding do not matter
+    assert f[2].abs().max() == 0  # no state: every feature 0, the "has state" flag too
+    speed, covered, _, _, retrace, lag, known = f[0].T.numpy()
+    steps = np.abs(np.diff(line, prepend=0))
+    np.testing.assert_allclose(speed, steps / (steps.sum() / 11), atol=1e-4)  # over the mean of 11 steps
+    np.testing.assert_allclose(covered, np.cumsum(steps) / steps.sum(), atol=1e-5)  # a clock that stops in the pause
+    assert speed[4:6].max() < 0.05
+    # back on states held two or more samples before: pause, retrace and redo read near 0
+    assert retrace[5:10].max() < 0.15 and retrace[:2].min() == 5 and retrace[10:].min() > 1
+    np.testing.assert_allclose(lag[6:10] * 11, [4, 6, 6, 6], atol=1e-5)  # undoing: the state recedes; redoing: keeps pace
+    assert known.min() == 1
+
+
+def test_the_robot_state_reaches_the_values_only_when_the_model_reads_it():
+    config = dict(**V3, value_reads_state=True)
+    model = small_model(**config)
+    batch = random_batch(model.config)
+    n = model.config.samples_per_episode
+    lengths = torch.tensor([n // 2, n, n])
+    moving = torch.cumsum(torch.rand(3, n, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    still = moving.clone()
+    still[:, 5:12] = still[:, 5:6]
+    latents = batch.latents
+    assert not torch.allclose(model.predict_latents(latents, batch.text, lengths, moving), model.predict_latents(latents, batch.text, lengths, still))
+    no_state = torch.full_like(moving, float("nan"))
+    torch.testing.assert_close(model.predict_latents(latents, batch.text, lengths, no_state), model.predict_latents(latents, batch.text, lengths, None))
+    plain = small_model(**V3)
+    torch.testing.assert_close(plain.predict_latents(latents, batch.text, lengths, moving), plain.predict_latents(latents, batch.text, lengths))
+    batch.states = moving
+    batch.states[1] = float("nan")  # one episode without a state in training
+    loss, _ = model.train().loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.value.frame_in.weight.grad[:, -1 - 7 : -1].abs().sum() > 0
 
 
 def test_progress_features_by_hand():

@@ -37,17 +37,40 @@ def windows(shipped_checkpoint):
     return local, np.stack(frames * 4), texts * 4, np.array(lengths * 4, np.int32)
 
 
-def test_triton_values_equal_in_process_values(triton_server, windows):
+@pytest.fixture(scope="module")
+def window_states(windows):
+    """The robot state at each request's samples (as `windows`), every other request's left out
+    (NaN: an episode recorded without one)."""
+    local = windows[0]
+    states = []
+    for e in load_bench(str(METAWORLD_MINI)):
+        indices, _ = EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, local.geometry).request()
+        states.append(e.states[indices])
+    states = np.stack(states * 4).astype(np.float32)
+    states[1::2] = np.nan
+    return states
+
+
+@pytest.mark.parametrize("with_states", [False, True], ids=["frames", "frames+state"])
+def test_triton_values_equal_in_process_values(triton_server, windows, window_states, with_states):
     local, frames, texts, lengths = windows
+    states = window_states if with_states else None
     with TritonHandler(triton_server.grpc_url) as remote:
         assert (remote.version, remote.checkpoint_hash) == (local.version, local.checkpoint_hash)
         assert remote.geometry == local.geometry
-        got, ood = remote.run_batch_with_ood(frames, texts, lengths)
-    parts = [local.run_batch_with_ood(frames[i : i + 64], texts[i : i + 64], lengths[i : i + 64]) for i in range(0, len(frames), 64)]
+        got, ood = remote.run_batch_with_ood(frames, texts, lengths, states)
+    parts = [
+        local.run_batch_with_ood(frames[i : i + 64], texts[i : i + 64], lengths[i : i + 64], None if states is None else states[i : i + 64])
+        for i in range(0, len(frames), 64)
+    ]
     assert got.shape == (len(frames), local.geometry.samples_per_episode) and ood.shape == (len(frames),)
     np.testing.assert_allclose(got, np.concatenate([p[0] for p in parts]), atol=1e-5)
     np.testing.assert_allclose(ood, np.concatenate([p[1] for p in parts]), rtol=1e-4)
     assert np.all(ood > 0)  # the shipped checkpoint has an OOD reference
+    if with_states and local._loaded.config.value_reads_state:
+        plain = local.run_batch(frames[:64], texts[:64], lengths[:64])
+        assert not np.allclose(got[:64:2], plain[::2], atol=1e-3)  # the state reached the model
+        np.testing.assert_allclose(got[1:64:2], plain[1::2], atol=1e-5)  # NaN: as if none was sent
 
 
 def test_server_batches_concurrent_requests(triton_server, windows):
@@ -66,7 +89,7 @@ def test_server_batches_concurrent_requests(triton_server, windows):
     assert executions < requests, f"{executions} executions for {requests} requests: no dynamic batching"
 
 
-def _inputs(frames, task, lengths, frames_dtype="UINT8") -> list:
+def _inputs(frames, task, lengths, frames_dtype="UINT8", states=None) -> list:
     """A raw request, as any gRPC client would send it (bad ones included)."""
     inputs = [
         grpcclient.InferInput(contract.FRAMES, list(frames.shape), frames_dtype),
@@ -76,11 +99,14 @@ def _inputs(frames, task, lengths, frames_dtype="UINT8") -> list:
     inputs[0].set_data_from_numpy(frames)
     inputs[1].set_data_from_numpy(np.array([[t if isinstance(t, bytes) else t.encode()] for t in task], dtype=np.object_).reshape(-1, 1))
     inputs[2].set_data_from_numpy(np.asarray(lengths, np.int32).reshape(-1, 1))
+    if states is not None:
+        inputs.append(grpcclient.InferInput(contract.STATE, list(states.shape), "FP32"))
+        inputs[3].set_data_from_numpy(states)
     return inputs
 
 
-def _infer(url, frames, task, lengths, frames_dtype="UINT8"):
-    return grpcclient.InferenceServerClient(url).infer(contract.MODEL_NAME, _inputs(frames, task, lengths, frames_dtype))
+def _infer(url, frames, task, lengths, frames_dtype="UINT8", states=None):
+    return grpcclient.InferenceServerClient(url).infer(contract.MODEL_NAME, _inputs(frames, task, lengths, frames_dtype, states))
 
 
 def test_overload_is_rejected_at_admission_not_queued_without_bound(triton_server, windows):
@@ -130,6 +156,7 @@ def test_overload_is_rejected_at_admission_not_queued_without_bound(triton_serve
         ("over-long task", "TASK longer than 1024 bytes"),
         ("task not utf-8", "TASK must be UTF-8 text"),
         ("task count mismatch", "input 'TASK' batch size does not match other inputs"),
+        ("state partly missing", "STATE of episode 0 is partly NaN"),
         pytest.param("empty batch", "batch of 0 episodes; allowed 1..64", marks=pytest.mark.xfail(strict=True, reason=(
             "Triton 2.45's Python backend stub fails a request with a zero batch while loading its inputs, before "
             "model.py runs, with 'cannot reshape array of size 0'; batched with others, it fails them too. Our "
@@ -152,6 +179,7 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(triton_serve
         "task not utf-8": (ok, [b"\xff\xfe drawer"], [k]),
         "task count mismatch": (np.zeros((2, k, 32, 32, 3), np.uint8), ["drawer open"], [k, k]),
         "empty batch": (np.zeros((0, k, 32, 32, 3), np.uint8), [], []),
+        "state partly missing": (ok, ["drawer open"], [k], "UINT8", np.where(np.arange(4) == 1, np.nan, 0.0).astype(np.float32) * np.ones((1, k, 4), np.float32)),
     }[case]
     with pytest.raises(InferenceServerException) as info:
         _infer(triton_server.grpc_url, *args)

@@ -8,6 +8,7 @@ import pytest
 
 from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from pipelines.windows import EpisodeChain, WindowGeometry, label_episodes, sample_positions
+from schemas import inference as contract
 from wvm.data import edit_episode
 from wvm.metrics import ground_truth
 
@@ -74,6 +75,27 @@ def test_one_request_per_episode_and_each_sample_read_once():
     label_episodes(chains, lambda c, i: np.zeros((len(i), 8, 8, 3), np.uint8), predict, batch_size=64)
     assert calls == [((3, 24, 8, 8, 3), [5, 24, 24])]
     assert [c.ood for c in chains] == [0.5, 0.5, 0.5]
+
+
+def test_requests_carry_each_episodes_robot_state_at_its_samples():
+    seen = []
+
+    def predict(frames, texts, lengths, states=None):
+        seen.append(states)
+        return np.zeros(frames.shape[:2], np.float32), np.zeros(len(frames), np.float32)
+
+    recorded = {"0": np.arange(30 * 3, dtype=np.float32).reshape(30, 3), "1": None, "2": np.ones((5, 7), np.float32)}
+    chains = [EpisodeChain(k, 30 if k != "2" else 5, 20, "t", GEOMETRY) for k in recorded]
+    frames = lambda c, i: np.zeros((len(i), 8, 8, 3), np.uint8)  # noqa: E731
+    label_episodes(chains, frames, predict, fetch_states=lambda c, i: None if recorded[c.key] is None else recorded[c.key][i])
+    (states,) = seen
+    assert states.shape == (3, 24, 7) and states.dtype == np.float32  # zero padded to the widest
+    np.testing.assert_array_equal(states[0, :, :3], recorded["0"][chains[0].request()[0]])
+    assert np.all(states[0, :, 3:] == 0) and np.isnan(states[1]).all() and np.all(states[2] == 1)
+    contract.check_state_batch(states, 3, 24)
+    seen.clear()
+    label_episodes([EpisodeChain("x", 9, 20, "t", GEOMETRY)], frames, predict, fetch_states=lambda c, i: None)
+    assert seen == [None]  # no episode has a state: the request leaves it out
 
 
 @pytest.mark.parametrize("seed", range(40))

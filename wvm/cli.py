@@ -270,6 +270,8 @@ def _eval(args: argparse.Namespace) -> dict:
         if unknown := [m for m in members if m not in models]:
             raise WvmError(f"--group {name}: {unknown} not among the --model names {list(models)}")
         groups[name] = members
+    if unknown := [m for m in args.video_only or [] if m not in models]:
+        raise WvmError(f"--video-only {unknown}: not among the --model names {list(models)}")
     benches = {}
     for spec in args.bench:
         name, _, rest = spec.partition("=")
@@ -282,7 +284,7 @@ def _eval(args: argparse.Namespace) -> dict:
         handler = LocalHandler(path or None)
         handler.load()
         handlers[name] = handler
-    return evaluate(benches, handlers, args.out, groups)
+    return evaluate(benches, handlers, args.out, groups, set(args.video_only or []))
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -308,6 +310,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME=MODEL,MODEL[,...]",
         help="repeatable; reports these --model names (seeds of one recipe) as mean [min, max] beside their own rows",
+    )
+    p.add_argument(
+        "--video-only",
+        action="append",
+        metavar="NAME",
+        help="repeatable; score this --model from the frames alone, as if the benches recorded no robot state",
     )
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(run=_eval)

@@ -29,6 +29,7 @@ class TrainingEpisode:
     kind: str  # expert | hesitation | retry | failed
     fps: float
     source: str  # for logs: store url + episode index
+    states: np.ndarray | None = None  # float32 (T, S) the robot's state per frame, when recorded
 
 
 EVERY_CAMERA = "all"  # DataSpec.camera: each camera of an episode is a training episode of its own
@@ -54,10 +55,17 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
         else:
             kind, values = "expert", ground_truth(length, "expert")
         cameras = row[layout.CAMERAS] if camera == EVERY_CAMERA else [camera or row[layout.CAMERAS][0]]
+        states = store.read_table(row).state
         for cam in cameras:
             episodes.append(
                 TrainingEpisode(
-                    store.read_frames(row, cam), values.astype(np.float32), row[layout.TASK], kind, row[layout.FPS], f"{store_url}#{index}/{cam}"
+                    store.read_frames(row, cam),
+                    values.astype(np.float32),
+                    row[layout.TASK],
+                    kind,
+                    row[layout.FPS],
+                    f"{store_url}#{index}/{cam}",
+                    None if states is None else np.asarray(states, np.float32),
                 )
             )
     log.info("loaded %d episodes (%d frames) from %s", len(episodes), sum(len(e.values) for e in episodes), store_url)

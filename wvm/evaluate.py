@@ -44,6 +44,7 @@ class BenchEpisode:
     fps: float
     frames: np.ndarray  # uint8 (T, H, W, 3)
     truth: np.ndarray  # (T,)
+    states: np.ndarray | None = None  # float32 (T, S) robot state, when the dataset records one
 
 
 EXPERT_ONLY = "expert"  # --bench NAME=DATASET,expert: every episode is a successful demonstration
@@ -71,18 +72,26 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
                 continue
         table = source.read_frames(episode)
         frames = np.stack(list(source.decode(episode, camera, table, np.arange(len(table)))))
-        episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, ground_truth(len(frames), kind, m, n)))
+        episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, ground_truth(len(frames), kind, m, n), table.state))
     return episodes
 
 
-def predict(handler: ValueModelHandler | None, episodes: list[BenchEpisode], batch_size: int = 64) -> tuple[dict[int, np.ndarray], float]:
+def predict(
+    handler: ValueModelHandler | None, episodes: list[BenchEpisode], batch_size: int = 64, with_states: bool = True
+) -> tuple[dict[int, np.ndarray], float]:
     """Per-frame values for every episode and the mean out-of-distribution score of the bench
-    (nan for the time-ramp baseline, handler None)."""
+    (nan for the time-ramp baseline, handler None). Requests carry the episodes' robot states
+    unless `with_states` is false."""
     if handler is None:
         return {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}, float("nan")
     by_key = {str(e.index): e for e in episodes}
     chains = [EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, handler.geometry) for e in episodes]
-    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch_with_ood, batch_size)
+
+    def states(chain: EpisodeChain, idx: np.ndarray) -> np.ndarray | None:
+        known = by_key[chain.key].states
+        return known[idx] if known is not None and with_states else None
+
+    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch_with_ood, batch_size, states)
     return {int(c.key): c.frame_values() for c in chains}, float(np.mean([c.ood for c in chains]))
 
 
@@ -165,9 +174,11 @@ def evaluate(
     handlers: dict[str, ValueModelHandler | None],
     out: str | Path,
     groups: dict[str, list[str]] | None = None,
+    video_only: set[str] = frozenset(),
 ) -> dict:
     """Score every method on every bench; write metrics.json, report.md and plots into `out`.
-    `groups` names sets of methods (seeds of one recipe) reported as mean [min, max]."""
+    `groups` names sets of methods (seeds of one recipe) reported as mean [min, max];
+    `video_only` methods are scored without the benches' robot states."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -175,7 +186,7 @@ def evaluate(
         predictions = {}
         for method, handler in handlers.items():
             log.info("eval %s on %s (%d episodes)", method, bench, len(episodes))
-            predictions[method], ood = predict(handler, episodes)
+            predictions[method], ood = predict(handler, episodes, with_states=method not in video_only)
             results.setdefault(method, {})[bench] = {**score(episodes, predictions[method]), "ood": ood}
         plot_grid(episodes, predictions, out / "plots" / f"{bench}.png")
     counts = {b: {k: sum(e.kind == k for e in eps) for k in KINDS} for b, eps in benches.items()}

@@ -26,11 +26,14 @@ class ValueModelHandler(ABC):
         """Acquire the model (load weights, or connect and check the server)."""
 
     @abstractmethod
-    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
         """frames uint8 (B, N, H, W, 3): each episode's samples; texts: B task strings; lengths
-        int32 (B,): real samples per episode. Returns float32 (B, N) values in [0, 1]."""
+        int32 (B,): real samples per episode; states: optional float32 (B, N, S) robot state
+        at the samples (schemas/inference.py STATE). Returns float32 (B, N) values in [0, 1]."""
 
-    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_batch_with_ood(
+        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """run_batch plus each episode's out-of-distribution score (B,) (schemas/inference.py)."""
         raise NotImplementedError
 
@@ -75,20 +78,24 @@ class LocalHandler(ValueModelHandler):
 
         return checkpoint_identity(self.checkpoint)  # the weights' header only, not the weights
 
-    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
-        return self.run_batch_with_ood(frames, texts, lengths)[0]
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        return self.run_batch_with_ood(frames, texts, lengths, states)[0]
 
-    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_batch_with_ood(
+        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from schemas.inference import check_window_batch
+        from schemas.inference import check_state_batch, check_window_batch
         from wvm.model import predict_with_ood
 
         check_window_batch(frames, texts, lengths, self.geometry.window_frames, max_batch=None)
+        check_state_batch(states, len(frames), self.geometry.window_frames)
         values, ood = predict_with_ood(
             self._loaded.model,
             torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),
             self._text(list(texts)),
             torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device),
+            None if states is None else torch.from_numpy(states).to(self.device),
         )
         return values.cpu().numpy().astype(np.float32), ood.cpu().numpy().astype(np.float32)

@@ -86,6 +86,9 @@ class WVMConfig:
     value_reads_motion: bool = False  # value tokens also read their frame minus the previous and the first sample's
     value_reads_distances: bool = False  # ...and per-token distances to the previous, first and last samples (motion_distances)
     value_reads_goal: bool = False  # ...and the episode-normalised approach to the last frame (goal_progress)
+    # ...and the robot's own motion where the episode has a state vector (state_features): a
+    # still arm, an arm retracing its path, whatever the task or camera
+    value_reads_state: bool = False
     # ...and a per-frame progress estimate (FrameProgress: two regressors on one frame's latents,
     # cross-fitted over halves of the tasks): "level" its value, change since the previous sample
     # and level above the first sample's; "change" the change alone; "" not at all
@@ -331,6 +334,8 @@ class ValueStream(nn.Module):
         self.reads_progress = config.value_reads_progress
         self.progress = FrameProgress(config) if self.reads_progress else None
         frame_dim += PROGRESS_FEATURES[self.reads_progress]
+        self.reads_state = config.value_reads_state
+        frame_dim += STATE_FEATURES if self.reads_state else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -347,8 +352,10 @@ class ValueStream(nn.Module):
         frame_t: torch.Tensor,
         valid: torch.Tensor,
         progress: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`progress` (B, N): the per-frame progress estimate the tokens read (value_reads_progress)."""
+        """`progress` (B, N): the per-frame progress estimate the tokens read (value_reads_progress);
+        `states` (B, N, S) the samples' robot states, NaN for an episode without (state_features)."""
         b, n = values.shape
         own = patches.reshape(b, n, -1)
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
@@ -358,6 +365,8 @@ class ValueStream(nn.Module):
             parts.append(goal_progress(patches, valid))
         if self.progress is not None:
             parts.append(progress_features(progress, valid, self.reads_progress))
+        if self.reads_state:
+            parts.append(state_features(states, valid))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -379,6 +388,7 @@ class Batch:
     # (B,) 0 or 1: which FrameProgress regressor trains on this episode's task (half the tasks
     # each); None outside training
     fold: torch.Tensor | None = None
+    states: torch.Tensor | None = None  # (B, N, S) robot state per sample, NaN rows: none known
     extras: dict = field(default_factory=dict)
 
 
@@ -419,6 +429,61 @@ def motion_distances(patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
 
 
 GOAL_FEATURES = 2
+
+
+STATE_FEATURES = 7
+
+
+def state_features(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    """The robot's own motion at each sample (B, N, 7), from its state vector of any width S
+    (B, N, S; an episode without a state is all NaN, or `states` None for the whole batch).
+
+    Each state dimension is standardised over the episode (floored at a tenth of the widest
+    one, so a still joint's noise is not magnified), then per sample: speed (distance to the
+    previous sample over the episode's mean step), the fraction of the episode's path length
+    covered so far (a clock that stops while the arm is still), distances to the first and last
+    states over the path length, how close the arm comes to a state it held two or more samples
+    before (over the mean step; near 0 while retracing or redoing its path) and how far back that
+    state is (growing while undoing, steady while redoing), and 1 when the episode has a state.
+    Zero padding of S changes none of these, so robots of any width share one batch. A still arm
+    is unambiguous here, unlike in pixels (reports/experiments.md, probe before row 46)."""
+    b, n = valid.shape
+    if states is None:
+        return valid.new_zeros(b, n, STATE_FEATURES, dtype=torch.float32)
+    known = ~torch.isnan(states).any(-1).any(-1)  # (B,)
+    mask = (valid & known[:, None]).float()
+    x = torch.nan_to_num(states.float())
+    count = mask.sum(1, keepdim=True).clamp(min=1.0)  # (B, 1)
+    mean = (x * mask[..., None]).sum(1) / count
+    std = (((x - mean[:, None]) ** 2 * mask[..., None]).sum(1) / count).sqrt()
+    scale = torch.maximum(std, 0.1 * std.amax(-1, keepdim=True)).clamp(min=1e-6)
+    z = (x - mean[:, None]) / scale[:, None]
+    step = (z - torch.cat([z[:, :1], z[:, :-1]], dim=1)).norm(dim=-1) * mask  # 0 at the first sample
+    path = step.sum(1, keepdim=True)
+    steps = (mask.sum(1, keepdim=True) - 1).clamp(min=1.0)
+    mean_step = (path / steps).clamp(min=1e-3)
+    lengths = valid.sum(1).clamp(min=1)
+    last = z.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, z.shape[-1]))
+    distance = torch.cdist(z, z)  # (B, N, N)
+    index = torch.arange(n, device=valid.device)
+    earlier = (index[None, :] <= index[:, None] - 2)[None] & valid[:, None, :]
+    nearest, where = distance.masked_fill(~earlier, float("inf")).min(-1)
+    has_earlier = earlier.any(-1)
+    retrace = torch.where(has_earlier, (nearest / mean_step).clamp(max=5.0), torch.full_like(nearest, 5.0))
+    lag = torch.where(has_earlier, (index[None] - where).float() / steps, torch.zeros_like(nearest))
+    features = torch.stack(
+        [
+            (step / mean_step).clamp(max=5.0),
+            step.cumsum(1) / path.clamp(min=1e-6),
+            (z - z[:, :1]).norm(dim=-1) / path.clamp(min=1e-6),
+            (z - last).norm(dim=-1) / path.clamp(min=1e-6),
+            retrace,
+            lag,
+            torch.ones_like(step),
+        ],
+        dim=-1,
+    )
+    return features * mask[..., None]
 
 
 def goal_progress(patches: torch.Tensor, valid: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
@@ -567,10 +632,11 @@ class WorldValueModel(nn.Module):
         value_t: torch.Tensor,
         valid: torch.Tensor,
         fold: torch.Tensor | None = None,
+        states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """`forward` plus the rates head's success probability (B,) (None for the direct head)
         and both FrameProgress estimates (B, N, 2) (None unless value_reads_progress); `fold`
-        as Batch.fold."""
+        as Batch.fold, `states` as Batch.states."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
         if not self.config.reads_text:
@@ -580,7 +646,7 @@ class WorldValueModel(nn.Module):
         x = self.video.embed(patches, text, frame_t, where)
         estimates = self.value.progress(patches) if self.value.progress is not None else None
         progress = FrameProgress.read(estimates, fold) if estimates is not None else None
-        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress)
+        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress, states)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid
@@ -621,7 +687,7 @@ class WorldValueModel(nn.Module):
         value_t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
         value_eps = torch.randn_like(batch.values)
         noised_values = value_t[:, None] * batch.values + (1 - value_t[:, None]) * value_eps
-        video_velocity, value_velocity, success, estimates = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid, batch.fold)
+        video_velocity, value_velocity, success, estimates = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid, batch.fold, batch.states)
         target = self.video.patchify(batch.latents) - self.video.patchify(video_eps)
         video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
         if cfg.value_head == "direct":
@@ -657,20 +723,21 @@ class WorldValueModel(nn.Module):
         return total, {"loss": total.item(), **logs}
 
     @torch.no_grad()
-    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """One-step inference. frames: uint8 (B, N, H, W, 3), the episode's samples (padded
-        after `lengths` (B,) real ones); text: (B, text_dim). Returns (B, N) values in [0, 1]
+        after `lengths` (B,) real ones); text: (B, text_dim); states: (B, N, S) robot state at
+        the samples, NaN for an episode without, or None. Returns (B, N) values in [0, 1]
         (padding positions are 0)."""
-        return self.predict_latents(self.encode_frames(frames), text, lengths)
+        return self.predict_latents(self.encode_frames(frames), text, lengths, states)
 
     @torch.no_grad()
-    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """`predict` from normalised latents (B, N, C, S, S)."""
         b, n = latents.shape[:2]
         valid = valid_mask(lengths, n)
         noise = self.inference_value_noise[:, :n].expand(b, -1)
         zero = torch.zeros(b, device=latents.device)
-        _, velocity = self(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid)
+        _, velocity, _, _ = self.joint(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid, states=states)
         return ((noise + velocity).clamp(0.0, 1.0) * valid).float()
 
 
@@ -708,24 +775,24 @@ class StaticValueModel(nn.Module):
         loss = F.mse_loss(self(latents, text), batch.values.reshape(-1)[keep])
         return loss, {"loss": loss.item(), "value": loss.item(), "video": 0.0}
 
-    @torch.no_grad()
-    def predict(self, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.predict_latents(self.encode_frames(frames), text, lengths)
+    predict = WorldValueModel.predict
 
     @torch.no_grad()
-    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        b, n = latents.shape[:2]
+    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        b, n = latents.shape[:2]  # one frame at a time: no motion, so no use for states
         values = self(latents.reshape(b * n, 1, *latents.shape[2:]), text.repeat_interleave(n, dim=0)).reshape(b, n)
         return (values.clamp(0.0, 1.0) * valid_mask(lengths, n)).float()
 
 
 @torch.no_grad()
-def predict_with_ood(model: nn.Module, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_with_ood(
+    model: nn.Module, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Values (B, N) and each episode's out-of-distribution score (B,): the mean reconstruction
     error of its real frames over `ood_reference` (about 1 or less for frames like the training
     data; 0 when the checkpoint has no reference)."""
     latents, frame_error = model.encode_and_score(frames)
-    values = model.predict_latents(latents, text, lengths)
+    values = model.predict_latents(latents, text, lengths, states)
     valid = valid_mask(lengths, frames.shape[1]).float()
     error = (frame_error * valid).sum(1) / valid.sum(1).clamp(min=1.0)
     reference = model.config.ood_reference
@@ -760,8 +827,8 @@ class EnsembleValueModel(nn.Module):
     predict = WorldValueModel.predict
 
     @torch.no_grad()
-    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member.predict_latents(latents, text, lengths) for member in self.members]).mean(0)
+    def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.stack([member.predict_latents(latents, text, lengths, states) for member in self.members]).mean(0)
 
 
 def build_model(config: WVMConfig) -> nn.Module:

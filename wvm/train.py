@@ -63,6 +63,9 @@ class TrainConfig:
     edit_p: float = 0.5  # expert episodes spliced with a pause, retry or failure (wvm.data.edit_episode)
     warp_p: float = 0.0  # episodes read at a randomly changing speed (wvm.data.warped_positions)
     text_dropout: float = 0.1
+    # episodes read as if they had no robot state (value_reads_state): the model must also
+    # label video-only datasets
+    state_dropout: float = 0.25
     checkpoint_every: int = 500
     log_every: int = 50
 
@@ -256,6 +259,7 @@ class Trainer:
         # halves of the tasks, alternating in name order (Batch.fold, wvm.model.FrameProgress)
         tasks = sorted({e.task for e in episodes})
         folds = torch.tensor([tasks.index(e.task) % 2 for e in episodes])
+        states = episode_states(episodes) if mc.value_reads_state else None
         frozen = {id(p) for p in model.autoencoder.parameters()}
         if cfg.freeze_video:
             frozen |= {id(p) for p in model.video_parameters()}
@@ -284,6 +288,10 @@ class Trainer:
                 valid=torch.from_numpy(valid).to(self.device),
                 fold=folds[ids].to(self.device),
             )
+            if states is not None:
+                picked = states[frame_idx].clone()
+                picked[torch.from_numpy(rng.random(cfg.batch_size) < cfg.state_dropout)] = float("nan")
+                batch.states = picked.to(self.device)
             for group in optimizer.param_groups:
                 group["lr"] = self._schedule(step, cfg.steps, cfg.lr)
             with self._autocast():
@@ -299,6 +307,20 @@ class Trainer:
             if step and step % cfg.checkpoint_every == 0:
                 self._save("latest", model, optimizer, "value", step + 1, rng)
         model.eval()
+
+
+def episode_states(episodes: list[TrainingEpisode]) -> torch.Tensor:
+    """Every frame's robot state, float32 (frames, S) in the sampler's global frame order: zero
+    padded to the widest state (wvm.model.state_features is unchanged by it), NaN for episodes
+    recorded without one."""
+    width = max((e.states.shape[1] for e in episodes if e.states is not None), default=1)
+    rows = []
+    for e in episodes:
+        if e.states is None:
+            rows.append(np.full((len(e.values), width), np.nan, np.float32))
+        else:
+            rows.append(np.pad(e.states, ((0, 0), (0, width - e.states.shape[1]))))
+    return torch.from_numpy(np.concatenate(rows))
 
 
 def train(config: TrainConfig, out: str | Path, progress: bool = True) -> Path:

@@ -137,7 +137,11 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
         def fetch(chain: EpisodeChain, indices: np.ndarray) -> np.ndarray:
             return images[chain.key][np.searchsorted(chain.samples, indices)]
 
-        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.run_batch_with_ood, self.batch_size)
+        def fetch_states(chain: EpisodeChain, indices: np.ndarray) -> np.ndarray | None:
+            state = tables[chain.key].state  # the robot's own motion, where the source records it
+            return None if state is None else state[indices]
+
+        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.run_batch_with_ood, self.batch_size, fetch_states)
         by_id = {e.episode_id: e for e in task.episodes}
         frames, sidecar, episodes, progress = [], [], [], []
         stamps = {

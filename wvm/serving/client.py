@@ -117,7 +117,7 @@ class TritonHandler(ValueModelHandler):
         self.request_size = min(self.request_size, self.max_batch)
         # one tiny request tells the version before any real work
         probe = np.zeros((1, self.geometry.window_frames, contract.MIN_SIDE, contract.MIN_SIDE, 3), np.uint8)
-        await self._infer(probe, ["version probe"], np.ones(1, np.int32))
+        await self._infer(probe, ["version probe"], np.ones(1, np.int32), None)
         log.info("Triton %s serves %s version %s", self.url, self.model, self.version)
 
     def close(self) -> None:
@@ -132,21 +132,29 @@ class TritonHandler(ValueModelHandler):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> np.ndarray:
-        return self.run_batch_with_ood(frames, texts, lengths)[0]
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        return self.run_batch_with_ood(frames, texts, lengths, states)[0]
 
-    def run_batch_with_ood(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_batch_with_ood(
+        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         contract.check_window_batch(frames, texts, lengths, self.geometry.window_frames, max_batch=None)
-        return self._run(self.run_batch_async(frames, texts, lengths))
+        contract.check_state_batch(states, len(frames), self.geometry.window_frames)
+        return self._run(self.run_batch_async(frames, texts, lengths, states))
 
-    async def run_batch_async(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        starts = range(0, len(frames), self.request_size)
+    async def run_batch_async(
+        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        size = self.request_size
         parts = await asyncio.gather(
-            *(self._infer(frames[s : s + self.request_size], texts[s : s + self.request_size], lengths[s : s + self.request_size]) for s in starts)
+            *(
+                self._infer(frames[s : s + size], texts[s : s + size], lengths[s : s + size], None if states is None else states[s : s + size])
+                for s in range(0, len(frames), size)
+            )
         )
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    async def _infer(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def _infer(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         inputs = [
             grpcclient.InferInput(contract.FRAMES, list(frames.shape), "UINT8"),
             grpcclient.InferInput(contract.TASK, [len(texts), 1], "BYTES"),
@@ -155,6 +163,9 @@ class TritonHandler(ValueModelHandler):
         inputs[0].set_data_from_numpy(np.ascontiguousarray(frames))
         inputs[1].set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
         inputs[2].set_data_from_numpy(np.asarray(lengths, np.int32).reshape(-1, 1))
+        if states is not None:
+            inputs.append(grpcclient.InferInput(contract.STATE, list(states.shape), "FP32"))
+            inputs[3].set_data_from_numpy(np.ascontiguousarray(states, np.float32))
         outputs = [grpcclient.InferRequestedOutput(name) for name in (contract.VALUES, contract.OOD, contract.MODEL_VERSION)]
         delay = self.backoff_s
         for attempt in range(self.retries + 1):

@@ -68,7 +68,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        valid = []  # (request number, frames, texts, lengths)
+        valid = []  # (request number, frames, texts, lengths, per-episode states)
         for i, request in enumerate(requests):
             try:
                 frames = _input(request, contract.FRAMES)
@@ -76,7 +76,12 @@ class TritonPythonModel:
                 tasks = pb_utils.get_input_tensor_by_name(request, contract.TASK).as_numpy().reshape(-1)
                 texts = [_text(t) for t in tasks]
                 contract.check_window_batch(frames.cpu().numpy(), texts, lengths.cpu().numpy(), self.window_frames)
-                valid.append((i, frames, texts, lengths.long()))
+                states = None
+                if pb_utils.get_input_tensor_by_name(request, contract.STATE) is not None:  # optional input
+                    states = _input(request, contract.STATE).cpu().numpy()
+                    contract.check_state_batch(states, len(texts), self.window_frames)
+                per_episode = [None if s is None or np.isnan(s).all() else s for s in (states if states is not None else [None] * len(texts))]
+                valid.append((i, frames, texts, lengths.long(), per_episode))
             except Exception as exc:  # noqa: BLE001 - every problem becomes this request's error
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
         by_shape: dict[tuple, list] = {}
@@ -87,13 +92,15 @@ class TritonPythonModel:
                 frames = torch.cat([g[1] for g in group]).to(self.device)
                 texts = [t for g in group for t in g[2]]
                 lengths = torch.cat([g[3] for g in group]).to(self.device)
-                values, ood = predict_with_ood(self.loaded.model, frames, self.text(texts), lengths)
+                states = contract.stack_states([s for g in group for s in g[4]], self.window_frames)
+                states = None if states is None else torch.from_numpy(states).to(self.device)
+                values, ood = predict_with_ood(self.loaded.model, frames, self.text(texts), lengths, states)
             except Exception as exc:  # noqa: BLE001
                 for g in group:
                     responses[g[0]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
                 continue
             start = 0
-            for i, batch, _, _ in group:
+            for i, batch, _, _, _ in group:
                 n = batch.shape[0]
                 version = np.array([[self.version]] * n, dtype=np.object_)
                 responses[i] = pb_utils.InferenceResponse(
