@@ -95,6 +95,27 @@ def test_labels_follow_the_fixtures_ground_truth(tmp_path):
     assert min(rank["retry"]) > 0.5 and min(rank["hesitation"]) > 0.8, (rank["retry"], rank["hesitation"])
 
 
+def test_relabel_sends_each_episodes_robot_state_to_the_model(tmp_path):
+    """The shipped model reads the robot's own motion where a dataset records it: relabel's
+    labels are the model's answer with metaworld_mini's observation.state, not without it."""
+    from wvm.evaluate import load_bench, predict
+    from wvm.handlers import LocalHandler
+
+    relabel(METAWORLD_MINI, tmp_path / "labels")
+    frames = read_frames_table(version_dir(tmp_path / "labels")).to_pandas()
+    episodes = load_bench(str(METAWORLD_MINI))
+    with LocalHandler() as handler:
+        assert handler._loaded.config.value_reads_state
+        with_state, _ = predict(handler, episodes)
+        video_only, _ = predict(handler, episodes, with_states=False)
+    differs = 0
+    for e in episodes:
+        progress = frames[frames.episode_index == e.index].sort_values("frame_index")["progress"].to_numpy()
+        np.testing.assert_allclose(progress, with_state[e.index], atol=1e-5)
+        differs += not np.allclose(progress, video_only[e.index], atol=1e-3)
+    assert differs >= len(episodes) // 2, f"the state changed only {differs} of {len(episodes)} episodes' labels"
+
+
 @pytest.mark.slow
 def test_relabel_through_triton_end_to_end(triton_server, tmp_path):
     summary = relabel(METAWORLD_MINI, tmp_path / "labels", ModelSpec(backend="triton", triton_url=triton_server.grpc_url))
