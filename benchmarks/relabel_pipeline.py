@@ -39,16 +39,22 @@ def decode_only(dataset: Path, geometry) -> tuple[float, int, dict]:
     for e in source.episodes():
         table = source.read_frames(e)
         chain = EpisodeChain(str(e.index), e.length, source.fps, e.task, geometry)
-        sampled[e.index] = (chain, np.stack(list(source.decode(e, camera, table, chain.samples))))
+        states = None if table.state is None else table.state[chain.samples]  # the robot state the model reads too
+        sampled[e.index] = (chain, np.stack(list(source.decode(e, camera, table, chain.samples))), states)
         frames += e.length
     return time.perf_counter() - start, frames, sampled
 
 
 def model_only(handler, sampled: dict) -> float:
-    chains = [EpisodeChain(c.key, c.length, c.fps, c.text, c.geometry) for c, _ in sampled.values()]
-    images = {str(k): f for k, (_, f) in sampled.items()}
+    chains = [EpisodeChain(c.key, c.length, c.fps, c.text, c.geometry) for c, _, _ in sampled.values()]
+    images = {str(k): f for k, (_, f, _) in sampled.items()}
+    states = {str(k): s for k, (_, _, s) in sampled.items()}
+
+    def fetch_states(c, idx):
+        return None if states[c.key] is None else states[c.key][np.searchsorted(c.samples, idx)]
+
     start = time.perf_counter()
-    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.run_batch_with_ood, 64)
+    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.run_batch_with_ood, 64, fetch_states)
     return time.perf_counter() - start
 
 
