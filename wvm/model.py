@@ -11,7 +11,8 @@ every layer (Mixture-of-Transformers: separate weights, one attention):
   the value stream and trains both;
 - the **value stream** (narrow) holds one value token per sample; the values are flow-matched
   the same way. Each value token also reads its own frame, how it moved from the previous
-  sample and how far it is from the first and last samples (`motion_distances`).
+  sample and how far it is from the first and last samples (`motion_distances`), and, where the
+  episode records a robot state, the arm's own motion (`state_features`, v9).
 
 What the value stream predicts (`value_head`). v2 predicted each value directly and gave every
 token its position in the episode: it learnt the time ramp and ignored the frames
@@ -35,8 +36,8 @@ becomes an episode edit in training (wvm.data): frozen, reversed and truncated s
 into expert episodes, labelled by the same ground-truth formulas.
 
 Inference is one Euler step from pure noise (t = 0) with a fixed noise sample, every frame
-clean, so an episode's values are a deterministic function of its frames and task text,
-whatever batch it arrives in. Each sampled frame is encoded once.
+clean, so an episode's values are a deterministic function of its frames, task text and
+robot state, whatever batch it arrives in. Each sampled frame is encoded once.
 
 An ensemble (`EnsembleValueModel`, `members` > 1) holds stage-2 runs of one config with
 different seeds from one stage 1, sharing its frozen encoder: each labels the episode from the
