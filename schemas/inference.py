@@ -114,15 +114,18 @@ def check_state_batch(states: np.ndarray | None, batch: int, window_frames: int)
         raise ContractError(f"{STATE} has infinite values")
 
 
+def pad_state(state: np.ndarray | None, rows: int, width: int) -> np.ndarray:
+    """One episode's states (rows, S) zero padded to `width` columns, or all NaN when it has none:
+    the STATE padding rule, shared by requests and training batches."""
+    if state is None:
+        return np.full((rows, width), np.nan, np.float32)
+    return np.pad(np.asarray(state, np.float32), ((0, 0), (0, width - state.shape[1])))
+
+
 def stack_states(states: list[np.ndarray | None], window_frames: int) -> np.ndarray | None:
     """Per-episode states at the samples ((N, S_i) or None) -> one STATE input: zero padded to
     the widest, NaN for episodes without; None when no episode has one."""
     if all(s is None for s in states):
         return None
     width = max(s.shape[1] for s in states if s is not None)
-    out = np.full((len(states), window_frames, width), np.nan, np.float32)
-    for i, s in enumerate(states):
-        if s is not None:
-            out[i] = 0.0
-            out[i, :, : s.shape[1]] = s
-    return out
+    return np.stack([pad_state(s, window_frames, width) for s in states])

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from schemas.inference import pad_state
 from wvm.checkpoint import CheckpointError, load_model, save_model
 from wvm.data import EpisodeSampler, TrainingEpisode, augment, load_episodes
 from wvm.model import Batch, WVMConfig, build_model, preprocess
@@ -314,13 +315,7 @@ def episode_states(episodes: list[TrainingEpisode]) -> torch.Tensor:
     padded to the widest state (wvm.model.state_features is unchanged by it), NaN for episodes
     recorded without one."""
     width = max((e.states.shape[1] for e in episodes if e.states is not None), default=1)
-    rows = []
-    for e in episodes:
-        if e.states is None:
-            rows.append(np.full((len(e.values), width), np.nan, np.float32))
-        else:
-            rows.append(np.pad(e.states, ((0, 0), (0, width - e.states.shape[1]))))
-    return torch.from_numpy(np.concatenate(rows))
+    return torch.from_numpy(np.concatenate([pad_state(e.states, len(e.values), width) for e in episodes]))
 
 
 def train(config: TrainConfig, out: str | Path, progress: bool = True) -> Path:

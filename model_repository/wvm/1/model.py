@@ -76,11 +76,11 @@ class TritonPythonModel:
                 tasks = pb_utils.get_input_tensor_by_name(request, contract.TASK).as_numpy().reshape(-1)
                 texts = [_text(t) for t in tasks]
                 contract.check_window_batch(frames.cpu().numpy(), texts, lengths.cpu().numpy(), self.window_frames)
-                states = None
+                per_episode = [None] * len(texts)
                 if pb_utils.get_input_tensor_by_name(request, contract.STATE) is not None:  # optional input
                     states = _input(request, contract.STATE).cpu().numpy()
                     contract.check_state_batch(states, len(texts), self.window_frames)
-                per_episode = [None if s is None or np.isnan(s).all() else s for s in (states if states is not None else [None] * len(texts))]
+                    per_episode = [None if np.isnan(s).all() else s for s in states]
                 valid.append((i, frames, texts, lengths.long(), per_episode))
             except Exception as exc:  # noqa: BLE001 - every problem becomes this request's error
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
