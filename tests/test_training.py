@@ -69,6 +69,17 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     changed = [k for k, v in video_state(first.model).items() if not torch.equal(joint.model.state_dict()[k], v)]
     assert changed
 
+    # video_lr_scale: the same run with the video stream at a tenth of the learning rate moves
+    # its weights far less (AdamW's steps scale with the rate)
+    gentle = load_model(train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1), video_lr_scale=0.1), tmp_path / "gentle", progress=False))
+
+    def moved(model) -> float:
+        return sum(float((model.state_dict()[k] - v).abs().sum()) for k, v in video_state(first.model).items())
+
+    assert 0 < moved(gentle.model) < 0.3 * moved(joint.model)
+    with pytest.raises(ValueError, match="video_lr_scale"):
+        tiny_config(store, video_lr_scale=0.0)
+
     # another seed of the same stage 2 shares the frozen encoder: the two combine into an ensemble
     other = train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1), seed=1), tmp_path / "joint_s1", progress=False)
     save_ensemble([tmp_path / "joint" / "final", other], tmp_path / "ensemble", "s2-ensemble")

@@ -61,6 +61,9 @@ class TrainConfig:
     init_autoencoder: str | None = None  # reuse this checkpoint's frozen encoder, skip that phase
     init_from: str | None = None  # start from all of this checkpoint's weights (stage 2 from stage 1)
     freeze_video: bool = False  # train the value stream only (the "frozen video stream" ablation)
+    # the video stream learns at this fraction of `lr` in joint training: between a frozen
+    # stage-1 world model (0, `freeze_video`) and one the value loss may rewrite freely (1)
+    video_lr_scale: float = 1.0
     edit_p: float = 0.5  # expert episodes spliced with a pause, retry or failure (wvm.data.edit_episode)
     warp_p: float = 0.0  # episodes read at a randomly changing speed (wvm.data.warped_positions)
     text_dropout: float = 0.1
@@ -75,6 +78,10 @@ class TrainConfig:
         raw = json.loads(Path(path).read_text())
         raw["data"] = [DataSpec(**d) for d in raw["data"]]
         return cls(**raw)
+
+    def __post_init__(self):
+        if not 0 < self.video_lr_scale <= 1:
+            raise ValueError(f"video_lr_scale must be in (0, 1] (freeze_video for 0), got {self.video_lr_scale}")
 
 
 class Trainer:
@@ -269,7 +276,14 @@ class Trainer:
         trainable = [p for p in model.parameters() if id(p) not in frozen]
         for p in model.parameters():
             p.requires_grad_(id(p) not in frozen)
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": trainable, "lr_scale": 1.0}]
+        if cfg.video_lr_scale != 1.0:
+            video = {id(p) for p in model.video_parameters()}
+            groups = [
+                {"params": [p for p in trainable if id(p) in video], "lr_scale": cfg.video_lr_scale},
+                {"params": [p for p in trainable if id(p) not in video], "lr_scale": 1.0},
+            ]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if tensors:
             self._restore_optimizer(optimizer, tensors)
         model.train()
@@ -294,7 +308,7 @@ class Trainer:
                 picked[torch.from_numpy(rng.random(cfg.batch_size) < cfg.state_dropout)] = float("nan")
                 batch.states = picked.to(self.device)
             for group in optimizer.param_groups:
-                group["lr"] = self._schedule(step, cfg.steps, cfg.lr)
+                group["lr"] = self._schedule(step, cfg.steps, cfg.lr) * group["lr_scale"]
             with self._autocast():
                 loss, info = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -302,7 +316,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                record = {"phase": stage, "step": step, **info, "lr": optimizer.param_groups[0]["lr"]}
+                record = {"phase": stage, "step": step, **info, "lr": optimizer.param_groups[-1]["lr"]}
                 self._log({**record, "elapsed_s": round(time.monotonic() - started, 1)})
                 bar.set_postfix(loss=f"{info['loss']:.4f}", value=f"{info['value']:.4f}", video=f"{info['video']:.4f}")
             if step and step % cfg.checkpoint_every == 0:
