@@ -314,11 +314,23 @@ def test_state_features_by_hand():
     assert retrace[5:10].max() < 0.15 and retrace[:2].min() == 5 and retrace[10:].min() > 1
     np.testing.assert_allclose(lag[6:10] * 11, [4, 6, 6, 6], atol=1e-5)  # undoing: the state recedes; redoing: keeps pace
     assert known.min() == 1
+    # looking ahead: the first 7 are unchanged; the undo (samples 5-6) is revisited by the redo,
+    # the redo and what follows it are not
+    g = state_features(states, valid, ahead=True)
+    torch.testing.assert_close(g[..., :7], f)
+    assert g[2].abs().max() == 0
+    coming_back, ahead = g[0, :, 7:].T.numpy()
+    assert coming_back[5:7].max() < 0.15 and coming_back[9:].min() > 1 and coming_back[10:].min() == 5
+    np.testing.assert_allclose(ahead[5:7] * 11, [4, 2], atol=1e-5)  # 3.04 at sample 9, 2.1 at sample 8
+    assert ahead[10:].max() == 0
 
 
-def test_the_robot_state_reaches_the_values_only_when_the_model_reads_it():
-    config = dict(**V3, value_reads_state=True)
+@pytest.mark.parametrize("ahead", [False, True])
+def test_the_robot_state_reaches_the_values_only_when_the_model_reads_it(ahead):
+    config = dict(**V3, value_reads_state=True, value_reads_state_ahead=ahead)
     model = small_model(**config)
+    with torch.no_grad():  # untrained rates may all be negative, and every value clamps to 0
+        model.value.head[-1].bias.fill_(1.0)
     batch = random_batch(model.config)
     n = model.config.samples_per_episode
     lengths = torch.tensor([n // 2, n, n])
@@ -335,7 +347,10 @@ def test_the_robot_state_reaches_the_values_only_when_the_model_reads_it():
     batch.states[1] = float("nan")  # one episode without a state in training
     loss, _ = model.train().loss(batch)
     loss.backward()
-    assert torch.isfinite(loss) and model.value.frame_in.weight.grad[:, -1 - 7 : -1].abs().sum() > 0
+    width = 9 if ahead else 7
+    assert torch.isfinite(loss) and model.value.frame_in.weight.grad[:, -1 - width : -1].abs().sum() > 0
+    with pytest.raises(ValueError, match="needs value_reads_state"):
+        small_model(**V3, value_reads_state_ahead=True)
 
 
 def test_progress_features_by_hand():

@@ -90,6 +90,11 @@ class WVMConfig:
     # ...and the robot's own motion where the episode has a state vector (state_features): a
     # still arm, an arm retracing its path, whatever the task or camera
     value_reads_state: bool = False
+    # ...and, with the state, whether the arm comes back later to where it is now (hindsight:
+    # offline relabelling sees the whole episode). An undo is the stretch the arm both retraced
+    # onto and redoes afterwards, even where the objects do not move back (reports/experiments.md
+    # row 55)
+    value_reads_state_ahead: bool = False
     # ...and a per-frame progress estimate (FrameProgress: two regressors on one frame's latents,
     # cross-fitted over halves of the tasks): "level" its value, change since the previous sample
     # and level above the first sample's; "change" the change alone; "" not at all
@@ -336,7 +341,10 @@ class ValueStream(nn.Module):
         self.progress = FrameProgress(config) if self.reads_progress else None
         frame_dim += PROGRESS_FEATURES[self.reads_progress]
         self.reads_state = config.value_reads_state
-        frame_dim += STATE_FEATURES if self.reads_state else 0
+        self.reads_state_ahead = config.value_reads_state_ahead
+        if self.reads_state_ahead and not self.reads_state:
+            raise ValueError("value_reads_state_ahead needs value_reads_state")
+        frame_dim += (STATE_FEATURES + STATE_AHEAD_FEATURES * self.reads_state_ahead) if self.reads_state else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -367,7 +375,7 @@ class ValueStream(nn.Module):
         if self.progress is not None:
             parts.append(progress_features(progress, valid, self.reads_progress))
         if self.reads_state:
-            parts.append(state_features(states, valid))
+            parts.append(state_features(states, valid, self.reads_state_ahead))
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -433,11 +441,13 @@ GOAL_FEATURES = 2
 
 
 STATE_FEATURES = 7
+STATE_AHEAD_FEATURES = 2
 
 
-def state_features(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
-    """The robot's own motion at each sample (B, N, 7), from its state vector of any width S
-    (B, N, S; an episode without a state is all NaN, or `states` None for the whole batch).
+def state_features(states: torch.Tensor | None, valid: torch.Tensor, ahead: bool = False) -> torch.Tensor:
+    """The robot's own motion at each sample (B, N, 7, or 9 with `ahead`), from its state vector
+    of any width S (B, N, S; an episode without a state is all NaN, or `states` None for the
+    whole batch).
 
     Each state dimension is standardised over the episode (floored at a tenth of the widest
     one, so a still joint's noise is not magnified), then per sample: speed (distance to the
@@ -446,11 +456,15 @@ def state_features(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Te
     states over the path length, how close the arm comes to a state it held two or more samples
     before (over the mean step; near 0 while retracing or redoing its path) and how far back that
     state is (growing while undoing, steady while redoing), and 1 when the episode has a state.
+    With `ahead`, the same two looking forward: how close the arm comes two or more samples
+    later to its state now, and how far ahead (near 0 while undoing, which the redo revisits,
+    large while redoing; a forward pass followed by its retrace reads near 0 both ways).
     Zero padding of S changes none of these, so robots of any width share one batch. A still arm
     is unambiguous here, unlike in pixels (reports/experiments.md, probe before row 46)."""
     b, n = valid.shape
+    width = STATE_FEATURES + STATE_AHEAD_FEATURES * ahead
     if states is None:
-        return valid.new_zeros(b, n, STATE_FEATURES, dtype=torch.float32)
+        return valid.new_zeros(b, n, width, dtype=torch.float32)
     known = ~torch.isnan(states).any(-1).any(-1)  # (B,)
     mask = (valid & known[:, None]).float()
     x = torch.nan_to_num(states.float())
@@ -467,24 +481,28 @@ def state_features(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Te
     last = z.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, z.shape[-1]))
     distance = torch.cdist(z, z)  # (B, N, N)
     index = torch.arange(n, device=valid.device)
-    earlier = (index[None, :] <= index[:, None] - 2)[None] & valid[:, None, :]
-    nearest, where = distance.masked_fill(~earlier, float("inf")).min(-1)
-    has_earlier = earlier.any(-1)
-    retrace = torch.where(has_earlier, (nearest / mean_step).clamp(max=5.0), torch.full_like(nearest, 5.0))
-    lag = torch.where(has_earlier, (index[None] - where).float() / steps, torch.zeros_like(nearest))
-    features = torch.stack(
-        [
-            (step / mean_step).clamp(max=5.0),
-            step.cumsum(1) / path.clamp(min=1e-6),
-            (z - z[:, :1]).norm(dim=-1) / path.clamp(min=1e-6),
-            (z - last).norm(dim=-1) / path.clamp(min=1e-6),
-            retrace,
-            lag,
-            torch.ones_like(step),
-        ],
-        dim=-1,
-    )
-    return features * mask[..., None]
+
+    def revisit(others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance to the nearest state among `others` (B, N, N) over the mean step, and how many
+        samples away it is over the episode's steps; 5 and 0 where there are none."""
+        nearest, where = distance.masked_fill(~others, float("inf")).min(-1)
+        found = others.any(-1)
+        closeness = torch.where(found, (nearest / mean_step).clamp(max=5.0), torch.full_like(nearest, 5.0))
+        return closeness, torch.where(found, (where - index[None]).abs().float() / steps, torch.zeros_like(nearest))
+
+    retrace, lag = revisit((index[None, :] <= index[:, None] - 2)[None] & valid[:, None, :])
+    columns = [
+        (step / mean_step).clamp(max=5.0),
+        step.cumsum(1) / path.clamp(min=1e-6),
+        (z - z[:, :1]).norm(dim=-1) / path.clamp(min=1e-6),
+        (z - last).norm(dim=-1) / path.clamp(min=1e-6),
+        retrace,
+        lag,
+        torch.ones_like(step),
+    ]
+    if ahead:
+        columns += list(revisit((index[None, :] >= index[:, None] + 2)[None] & valid[:, None, :]))
+    return torch.stack(columns, dim=-1) * mask[..., None]
 
 
 def goal_progress(patches: torch.Tensor, valid: torch.Tensor, bound: float = 3.0) -> torch.Tensor:
