@@ -138,6 +138,8 @@ class WVMConfig:
             raise ValueError(f"value_reads_progress must be one of {sorted(PROGRESS_FEATURES)}, got {self.value_reads_progress!r}")
         if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
             raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
+        if self.value_reads_state_ahead and not self.value_reads_state:
+            raise ValueError("value_reads_state_ahead needs value_reads_state")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
 
@@ -342,8 +344,6 @@ class ValueStream(nn.Module):
         frame_dim += PROGRESS_FEATURES[self.reads_progress]
         self.reads_state = config.value_reads_state
         self.reads_state_ahead = config.value_reads_state_ahead
-        if self.reads_state_ahead and not self.reads_state:
-            raise ValueError("value_reads_state_ahead needs value_reads_state")
         frame_dim += (STATE_FEATURES + STATE_AHEAD_FEATURES * self.reads_state_ahead) if self.reads_state else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
