@@ -119,6 +119,34 @@ def test_episode_edits_follow_the_ground_truth_formulas(seed):
         assert np.all(frames[m:] == m) and truth[-1] == pytest.approx(m / (length - 1)) and truth[-1] < 1
 
 
+def test_episode_edits_with_momentum_turn_after_the_label():
+    """`max_lag`: the frames keep advancing for up to that many steps after the labelled pause or
+    undo starts, as a real arm coasts, then hold or go back; the labels stay the formula's."""
+    coasted = set()
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        length = int(rng.integers(8, 60))
+        frames, kind, m, n = edit_episode(length, rng, max_lag=2)
+        truth = ground_truth(len(frames), kind, m, n)
+        progress = frames / (length - 1)
+        lag = int(np.argmax(np.diff(frames[m:]) <= 0))  # steps the frames still advance after m
+        assert 0 <= lag <= 2 and np.all(np.diff(frames[m : m + lag + 1]) == 1)
+        if lag:
+            coasted.add(kind)
+        if kind == "hesitation":
+            assert np.all(frames[m + lag : n + 1] == frames[m + lag]) and np.all(np.diff(frames) >= 0)
+            assert len(frames) == length + (n - m) - lag and frames[-1] == length - 1
+        elif kind == "retry":
+            assert frames[n] < frames[m] and np.all(np.diff(frames[m + lag : n + 1]) == -1)
+            assert np.all(np.diff(frames[n:]) == 1) and frames[-1] == length - 1
+        else:
+            assert len(frames) == length and frames[-1] == min(m + lag, length - 1) and truth[-1] < 1
+        # the frames run at most the coast there and back (and the formula's rounding) ahead of the
+        # label, as in a rendered retry, whose undo replays the forward actions but starts braking
+        np.testing.assert_allclose(truth, progress, atol=(2 * lag + 1) / (length - 1) + 1e-9)
+    assert coasted == {"hesitation", "retry", "failed"}
+
+
 def test_advantage_and_weights_by_hand():
     values = np.array([0.0, 0.1, 0.3, 0.2, 0.2, 0.5])
     a = chunk_advantage(values, horizon=3)  # V(min(t + 2, 5)) - V(t)

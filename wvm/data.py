@@ -79,7 +79,7 @@ def ground_truth_by_episode(labels_url: str) -> dict:
     return {int(i): g.sort_values(gt.FRAME_INDEX) for i, g in table.groupby(gt.EPISODE_INDEX)}
 
 
-def edit_episode(length: int, rng: np.random.Generator) -> tuple[np.ndarray, str, int, int]:
+def edit_episode(length: int, rng: np.random.Generator, max_lag: int = 0) -> tuple[np.ndarray, str, int, int]:
     """Video rewinding at the episode level: splice a non-progress segment into an expert
     episode of `length` frames, as the real suboptimal kinds would look. Returns (frame index
     per step of the edited episode, kind, seg_start, seg_end), labelled by the ground-truth
@@ -87,20 +87,32 @@ def edit_episode(length: int, rng: np.random.Generator) -> tuple[np.ndarray, str
 
     hesitation: frame m repeated x times;  retry: frames m-1 .. m-x backwards, then forward again;
     failed: the episode stops at frame m and its last frame repeats to the original length.
+
+    With `max_lag` L > 0 the frames turn up to L steps (drawn per edit) after the segment starts,
+    as a real arm coasts after the command to stop or back up (rendered episodes move on for
+    about one recorded frame): the label turns at m, the frames keep advancing for the lag. A
+    lag-free splice teaches that the label turns exactly where the frames do.
     """
     frames = np.arange(length)
     kind = ("hesitation", "retry", "failed")[int(rng.integers(0, 3))]
+    lag = int(rng.integers(0, max_lag + 1)) if max_lag > 0 else 0
     if kind == "failed":
         m = int(rng.integers(max(1, length // 5), max(2, 4 * length // 5)))
-        return np.minimum(frames, m), kind, m, length - 1
+        return np.minimum(frames, min(m + lag, length - 1)), kind, m, length - 1
     x = int(rng.integers(max(1, length // 6), max(2, length // 2) + 1))
     if kind == "hesitation":
         m = int(rng.integers(1, length - 1))
-        return np.concatenate([frames[: m + 1], np.full(x, m), frames[m + 1 :]]), kind, m, m + x
+        lag = min(lag, x - 1, length - 2 - m)  # the coast ends inside the pause and the episode
+        still = frames[m + lag]
+        order = np.concatenate([frames[: m + lag + 1], np.full(x - lag, still), frames[m + lag + 1 :]])
+        return order, kind, m, m + x
     x = min(x, length - 2)
     m = int(rng.integers(x, length - 1))
-    back = np.arange(m - 1, m - x - 1, -1)
-    return np.concatenate([frames[: m + 1], back, frames[m - x + 1 :]]), kind, m, m + x
+    lag = max(0, min(lag, (x - 1) // 2, length - 1 - m))  # the arm still ends up behind m
+    coast = frames[m + 1 : m + lag + 1]
+    turn = m + lag  # the farthest frame reached; x - lag steps back from there
+    back = np.arange(turn - 1, turn - (x - lag) - 1, -1)
+    return np.concatenate([frames[: m + 1], coast, back, frames[back[-1] + 1 :]]), kind, m, m + x
 
 
 def warped_positions(length: int, samples: int, rng: np.random.Generator, shape: float = 2.0) -> np.ndarray:
@@ -121,8 +133,11 @@ class EpisodeSampler:
     `warp_p`) warped in time (`warped_positions`), so that where a sample sits in the episode
     does not by itself tell its progress: the frames must."""
 
-    def __init__(self, episodes: list[TrainingEpisode], samples: int, edit_p: float = 0.5, warp_p: float = 0.0):
+    def __init__(
+        self, episodes: list[TrainingEpisode], samples: int, edit_p: float = 0.5, warp_p: float = 0.0, edit_lag: int = 0
+    ):
         self.episodes, self.samples, self.edit_p, self.warp_p = episodes, samples, edit_p, warp_p
+        self.edit_lag = edit_lag
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -137,7 +152,7 @@ class EpisodeSampler:
             episode = self.episodes[i]
             steps, truth = np.arange(len(episode.values)), episode.values
             if episode.kind == "expert" and len(steps) >= 4 and rng.random() < self.edit_p:
-                steps, kind, m, end = edit_episode(len(steps), rng)
+                steps, kind, m, end = edit_episode(len(steps), rng, self.edit_lag)
                 truth = ground_truth(len(steps), kind, m, end)
             positions = sample_positions(len(steps), n)
             k = len(positions)

@@ -66,6 +66,7 @@ class TrainConfig:
     video_lr_scale: float = 1.0
     edit_p: float = 0.5  # expert episodes spliced with a pause, retry or failure (wvm.data.edit_episode)
     warp_p: float = 0.0  # episodes read at a randomly changing speed (wvm.data.warped_positions)
+    edit_lag: int = 0  # edited frames turn up to this many steps after the label does (momentum)
     text_dropout: float = 0.1
     # episodes read as if they had no robot state (value_reads_state): the model must also
     # label video-only datasets
@@ -263,7 +264,7 @@ class Trainer:
         latents = self._encode_views(model, views)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
-        sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p)
+        sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p, cfg.edit_lag)
         # halves of the tasks, alternating in name order (Batch.fold, wvm.model.FrameProgress)
         tasks = sorted({e.task for e in episodes})
         folds = torch.tensor([tasks.index(e.task) % 2 for e in episodes])
