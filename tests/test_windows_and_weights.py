@@ -147,6 +147,23 @@ def test_episode_edits_with_momentum_turn_after_the_label():
     assert coasted == {"hesitation", "retry", "failed"}
 
 
+def test_only_the_listed_edit_kinds_coast():
+    """`lag_kinds` leaves the other edits turning with the label; the random stream is the same,
+    so the listed kinds' edits are unchanged."""
+    kinds = {}
+    for seed in range(60):
+        every = edit_episode(30, np.random.default_rng(seed), max_lag=2)
+        some = edit_episode(30, np.random.default_rng(seed), max_lag=2, lag_kinds=("hesitation", "retry"))
+        assert every[1:] == some[1:]
+        frames, kind, m, _ = some
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "failed":
+            np.testing.assert_array_equal(frames, np.minimum(np.arange(30), m))
+        else:
+            np.testing.assert_array_equal(frames, every[0])
+    assert set(kinds) == {"hesitation", "retry", "failed"}
+
+
 def test_advantage_and_weights_by_hand():
     values = np.array([0.0, 0.1, 0.3, 0.2, 0.2, 0.5])
     a = chunk_advantage(values, horizon=3)  # V(min(t + 2, 5)) - V(t)

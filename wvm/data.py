@@ -5,6 +5,7 @@ video rewinding, and augmentation."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,12 @@ def ground_truth_by_episode(labels_url: str) -> dict:
     return {int(i): g.sort_values(gt.FRAME_INDEX) for i, g in table.groupby(gt.EPISODE_INDEX)}
 
 
-def edit_episode(length: int, rng: np.random.Generator, max_lag: int = 0) -> tuple[np.ndarray, str, int, int]:
+EDIT_KINDS = ("hesitation", "retry", "failed")
+
+
+def edit_episode(
+    length: int, rng: np.random.Generator, max_lag: int = 0, lag_kinds: Sequence[str] = EDIT_KINDS
+) -> tuple[np.ndarray, str, int, int]:
     """Video rewinding at the episode level: splice a non-progress segment into an expert
     episode of `length` frames, as the real suboptimal kinds would look. Returns (frame index
     per step of the edited episode, kind, seg_start, seg_end), labelled by the ground-truth
@@ -91,11 +97,13 @@ def edit_episode(length: int, rng: np.random.Generator, max_lag: int = 0) -> tup
     With `max_lag` L > 0 the frames turn up to L steps (drawn per edit) after the segment starts,
     as a real arm coasts after the command to stop or back up (rendered episodes move on for
     about one recorded frame): the label turns at m, the frames keep advancing for the lag. A
-    lag-free splice teaches that the label turns exactly where the frames do.
+    lag-free splice teaches that the label turns exactly where the frames do. Kinds not in
+    `lag_kinds` turn with the label.
     """
     frames = np.arange(length)
-    kind = ("hesitation", "retry", "failed")[int(rng.integers(0, 3))]
+    kind = EDIT_KINDS[int(rng.integers(0, 3))]
     lag = int(rng.integers(0, max_lag + 1)) if max_lag > 0 else 0
+    lag = lag if kind in lag_kinds else 0
     if kind == "failed":
         m = int(rng.integers(max(1, length // 5), max(2, 4 * length // 5)))
         return np.minimum(frames, min(m + lag, length - 1)), kind, m, length - 1
@@ -134,10 +142,16 @@ class EpisodeSampler:
     does not by itself tell its progress: the frames must."""
 
     def __init__(
-        self, episodes: list[TrainingEpisode], samples: int, edit_p: float = 0.5, warp_p: float = 0.0, edit_lag: int = 0
+        self,
+        episodes: list[TrainingEpisode],
+        samples: int,
+        edit_p: float = 0.5,
+        warp_p: float = 0.0,
+        edit_lag: int = 0,
+        edit_lag_kinds: Sequence[str] = EDIT_KINDS,
     ):
         self.episodes, self.samples, self.edit_p, self.warp_p = episodes, samples, edit_p, warp_p
-        self.edit_lag = edit_lag
+        self.edit_lag, self.edit_lag_kinds = edit_lag, tuple(edit_lag_kinds)
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -152,7 +166,7 @@ class EpisodeSampler:
             episode = self.episodes[i]
             steps, truth = np.arange(len(episode.values)), episode.values
             if episode.kind == "expert" and len(steps) >= 4 and rng.random() < self.edit_p:
-                steps, kind, m, end = edit_episode(len(steps), rng, self.edit_lag)
+                steps, kind, m, end = edit_episode(len(steps), rng, self.edit_lag, self.edit_lag_kinds)
                 truth = ground_truth(len(steps), kind, m, end)
             positions = sample_positions(len(steps), n)
             k = len(positions)

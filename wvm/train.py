@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from schemas.inference import pad_state
 from wvm.checkpoint import CheckpointError, load_model, save_model
-from wvm.data import EpisodeSampler, TrainingEpisode, augment, load_episodes
+from wvm.data import EDIT_KINDS, EpisodeSampler, TrainingEpisode, augment, load_episodes
 from wvm.model import Batch, WVMConfig, build_model, preprocess
 from wvm.text import TextEncoder
 
@@ -67,6 +67,7 @@ class TrainConfig:
     edit_p: float = 0.5  # expert episodes spliced with a pause, retry or failure (wvm.data.edit_episode)
     warp_p: float = 0.0  # episodes read at a randomly changing speed (wvm.data.warped_positions)
     edit_lag: int = 0  # edited frames turn up to this many steps after the label does (momentum)
+    edit_lag_kinds: tuple[str, ...] = EDIT_KINDS  # the edits that coast (wvm.data.EDIT_KINDS)
     text_dropout: float = 0.1
     # episodes read as if they had no robot state (value_reads_state): the model must also
     # label video-only datasets
@@ -264,7 +265,9 @@ class Trainer:
         latents = self._encode_views(model, views)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
-        sampler = EpisodeSampler(episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p, cfg.edit_lag)
+        sampler = EpisodeSampler(
+            episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p, cfg.edit_lag, cfg.edit_lag_kinds
+        )
         # halves of the tasks, alternating in name order (Batch.fold, wvm.model.FrameProgress)
         tasks = sorted({e.task for e in episodes})
         folds = torch.tensor([tasks.index(e.task) % 2 for e in episodes])
