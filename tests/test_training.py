@@ -133,3 +133,10 @@ def test_every_camera_of_a_store_trains_as_its_own_view_of_the_episode(tmp_path)
         assert (a.frames == one.frames).all()
         mirrored = np.abs(b.frames.astype(int) - a.frames[:, :, ::-1]).mean()  # video codecs are lossy
         assert mirrored < 3 < np.abs(b.frames.astype(int) - a.frames).mean()
+
+
+def test_edit_lag_kinds_must_be_edit_kinds(tmp_path):
+    """A misspelt kind would silently coast nothing: the config refuses it."""
+    assert tiny_config(tmp_path / "store", edit_lag=2, edit_lag_kinds=["retry"]).edit_lag_kinds == ["retry"]
+    with pytest.raises(ValueError, match="edit_lag_kinds"):
+        tiny_config(tmp_path / "store", edit_lag=2, edit_lag_kinds=["retries"])

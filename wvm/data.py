@@ -101,8 +101,8 @@ def edit_episode(
     `lag_kinds` turn with the label.
     """
     frames = np.arange(length)
-    kind = EDIT_KINDS[int(rng.integers(0, 3))]
-    lag = int(rng.integers(0, max_lag + 1)) if max_lag > 0 else 0
+    kind = EDIT_KINDS[int(rng.integers(0, len(EDIT_KINDS)))]
+    lag = int(rng.integers(0, max_lag + 1)) if max_lag > 0 else 0  # drawn for every kind: one stream
     lag = lag if kind in lag_kinds else 0
     if kind == "failed":
         m = int(rng.integers(max(1, length // 5), max(2, 4 * length // 5)))

@@ -84,6 +84,8 @@ class TrainConfig:
     def __post_init__(self):
         if not 0 < self.video_lr_scale <= 1:
             raise ValueError(f"video_lr_scale must be in (0, 1] (freeze_video for 0), got {self.video_lr_scale}")
+        if unknown := set(self.edit_lag_kinds) - set(EDIT_KINDS):
+            raise ValueError(f"edit_lag_kinds must be among {EDIT_KINDS}, got {sorted(unknown)}")
 
 
 class Trainer:
