@@ -77,9 +77,9 @@ def outputs(dst: Path) -> dict:
 def test_labels_follow_the_fixtures_ground_truth(tmp_path):
     """An independent expectation, not the pipeline's own arithmetic: the shipped model's labels
     of metaworld_mini against the ground truth that came with the fixture (computed elsewhere).
-    A constant, shuffled or time-ramp labeller fails this; the shipped v10 is inside it (experts:
-    rank correlation 1.00, RMSE <= 0.04; hesitation RMSE 0.07, the ramp's 0.157; lowest rank
-    correlation of a hesitation episode 0.83, of a retry 0.69)."""
+    A constant, shuffled or time-ramp labeller fails this; the shipped v11 is inside it (experts:
+    rank correlation 1.00, RMSE <= 0.053; hesitation RMSE 0.064, the ramp's 0.157; lowest rank
+    correlation of a hesitation episode 0.94, of a retry 0.68)."""
     from pipelines.weights import spearman
 
     relabel(METAWORLD_MINI, tmp_path / "labels")

@@ -252,7 +252,7 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--member", action="append", required=True, help="a member checkpoint directory (e.g. RUN/final), repeatable, two or more")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
-    p.add_argument("--version", required=True, help="model version the labels will carry, e.g. wvm-small-mw35-v10")
+    p.add_argument("--version", required=True, help="model version the labels will carry, e.g. wvm-small-mw35-v11")
     p.set_defaults(run=_ensemble)
 
 
