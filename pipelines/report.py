@@ -106,8 +106,9 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
     images = []
     if len(episodes):
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        for name, group in episodes.groupby("source"):
-            ax.hist(group[spec.QUALITY], bins=np.linspace(0, 1, 21), alpha=0.6, label=name)
+        groups = list(episodes.groupby("source"))
+        # stacked, so that no source's bars hide another's where their qualities overlap
+        ax.hist([g[spec.QUALITY] for _, g in groups], bins=np.linspace(0, 1, 21), stacked=True, label=[n for n, _ in groups])
         ax.set_xlabel("episode quality")
         ax.set_ylabel("episodes")
         ax.legend(fontsize=7)
