@@ -1,0 +1,85 @@
+"""Probe where checkpoints lose Failure-AUROC: separate the episode quality score into the
+parts the rates head makes it from, per kind and per failure mode.
+
+For each checkpoint (a "rates" head) and bench: Failure-AUROC of the quality score (what
+`wvm eval` reports), of the final progress alone, and of the head's success probability s
+alone; and per kind (expert, hesitation, retry, and the failed episodes split by mode) the
+mean s, the rates' sum over the expert-pace steps c/K (1: all work, 0: all pause), the final
+progress and the quality. A failed episode's mode is read from its robot state after the work
+stops: the hand still = stall, rising = drop, otherwise drift (wvm.datagen's three modes).
+
+    python scripts/probe_failures.py NAME=CHECKPOINT [NAME=CHECKPOINT ...] [--bench data/mw_bench_reserved]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import wvm.model
+from pipelines.weights import episode_summary
+from schemas import labels as spec
+from schemas.ground_truth import SUCCESS_KINDS
+from wvm.evaluate import BenchEpisode, load_bench, predict
+from wvm.handlers import LocalHandler
+from wvm.metrics import failure_auroc
+
+
+def failure_mode(episode: BenchEpisode, still: float = 0.02) -> str:
+    """stall / drop / drift from the hand's xyz (the first 3 state dimensions) after the work stops."""
+    hand = episode.states[max(episode.seg_start, 0) :, :3]
+    span = float(np.linalg.norm(hand[-1] - hand[0]))
+    if span < still:
+        return "stall"
+    return "drop" if hand[-1, 2] - hand[0, 2] > 0.5 * span else "drift"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="NAME=CHECKPOINT (a value_head 'rates' checkpoint)")
+    parser.add_argument("--bench", action="append", help="LeRobot dataset with ground truth beside it (repeatable)")
+    args = parser.parse_args()
+
+    # The head's success probability and rate sum are internal to progress_from_rates: record
+    # them on the way through (one batch row per episode, in request order, one frame size).
+    recorded: list[np.ndarray] = []
+    values_from_rates = wvm.model.progress_from_rates
+
+    def recording(rates, success, valid):
+        steps = (valid.sum(1) - 1).clamp(min=1).float()
+        work = (rates[:, 1:] * (valid[:, 1:] & valid[:, :-1])).sum(1) / steps
+        recorded.append(np.stack([success.detach().cpu().numpy(), work.detach().cpu().numpy()], 1))
+        return values_from_rates(rates, success, valid)
+
+    wvm.model.progress_from_rates = recording
+    groups = ("expert", "hesitation", "retry", "stall", "drift", "drop")
+    for bench in args.bench or ["data/mw_bench_reserved"]:
+        episodes = load_bench(bench)
+        group = np.array([failure_mode(e) if e.kind == "failed" else e.kind for e in episodes])
+        succeeded = np.array([e.kind in SUCCESS_KINDS for e in episodes])
+        print(f"\n{bench}: " + ", ".join(f"{g} {int((group == g).sum())}" for g in groups))
+        truth = {g: np.mean([e.truth[-1] for e, k in zip(episodes, group) if k == g]) for g in groups[3:] if (group == g).any()}
+        if truth:
+            print("  truth final progress: " + ", ".join(f"{g} {v:.2f}" for g, v in truth.items()))
+        for name, checkpoint in (m.split("=", 1) for m in args.models):
+            recorded.clear()
+            with LocalHandler(checkpoint) as handler:
+                values, _ = predict(handler, episodes)
+            s, work = np.concatenate(recorded).T
+            summaries = [episode_summary(values[e.index]) for e in episodes]
+            quality = np.array([x[spec.QUALITY] for x in summaries])
+            final = np.array([x[spec.FINAL_PROGRESS] for x in summaries])
+            auroc = {k: failure_auroc(v, succeeded) for k, v in (("quality", quality), ("final", final), ("s", s))}
+            print(f"  {name}: Failure-AUROC by " + ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()))
+            for g in groups:
+                at = group == g
+                if not at.any():
+                    continue
+                against = at | succeeded  # this failure mode against every success
+                by_mode = f" | AUROC quality {failure_auroc(quality[against], succeeded[against]):.3f} final {failure_auroc(final[against], succeeded[against]):.3f}" if g in groups[3:] else ""
+                print(f"    {g:<10} s {s[at].mean():.2f}  c/K {work[at].mean():.2f}  final {final[at].mean():.2f}  quality {quality[at].mean():.2f}{by_mode}")
+
+
+if __name__ == "__main__":
+    main()
