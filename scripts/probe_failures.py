@@ -5,9 +5,10 @@ For each checkpoint (a "rates" head) and bench: Failure-AUROC of the quality sco
 `wvm eval` reports), of the final progress alone, and of the head's success probability s
 alone; and per kind (expert, hesitation, retry, and the failed episodes split by mode) the
 mean s, the rates' sum over the expert-pace steps c/K (1: all work, 0: all pause), the final
-progress and the quality; and the experts' mean rate per quarter of the episode (where the rates
-call work, pause or undo on motion they cannot place). A failed episode's mode is read from its robot state after the work
-stops: the hand still = stall, rising = drop, otherwise drift (wvm.datagen's three modes).
+progress and the quality; and the experts' mean rate per quarter of the episode (where the
+rates call work, pause or undo on motion they cannot place). A failed episode's mode is read
+from its robot state after the work stops: the hand still = stall, rising = drop, otherwise
+drift (wvm.datagen's three modes).
 
     python scripts/probe_failures.py NAME=CHECKPOINT [NAME=CHECKPOINT ...] [--bench data/mw_bench_reserved]
 """
@@ -42,17 +43,14 @@ def main() -> None:
     parser.add_argument("--bench", action="append", help="LeRobot dataset with ground truth beside it (repeatable)")
     args = parser.parse_args()
 
-    # The head's success probability and rate sum are internal to progress_from_rates: record
-    # them on the way through (one batch row per episode, in request order, one frame size).
-    recorded: list[np.ndarray] = []
-    rates_seen: list[tuple[np.ndarray, np.ndarray]] = []
+    # The head's success probability and rates are internal to progress_from_rates: record them
+    # on the way through (one batch row per episode, in request order, one frame size).
+    recorded: list[tuple[float, np.ndarray]] = []  # (s, the real samples' rates) per episode
     values_from_rates = wvm.model.progress_from_rates
 
     def recording(rates, success, valid):
-        steps = (valid.sum(1) - 1).clamp(min=1).float()
-        work = (rates[:, 1:] * (valid[:, 1:] & valid[:, :-1])).sum(1) / steps
-        recorded.append(np.stack([success.detach().cpu().numpy(), work.detach().cpu().numpy()], 1))
-        rates_seen.extend(zip(rates.detach().cpu().numpy(), valid.cpu().numpy()))
+        for p, r, n in zip(success.tolist(), rates.detach().cpu().numpy(), valid.sum(1).tolist()):
+            recorded.append((p, r[:n]))
         return values_from_rates(rates, success, valid)
 
     wvm.model.progress_from_rates = recording
@@ -67,10 +65,10 @@ def main() -> None:
             print("  truth final progress: " + ", ".join(f"{g} {v:.2f}" for g, v in truth.items()))
         for name, checkpoint in (m.split("=", 1) for m in args.models):
             recorded.clear()
-            rates_seen.clear()
             with LocalHandler(checkpoint) as handler:
                 values, _ = predict(handler, episodes)
-            s, work = np.concatenate(recorded).T
+            s = np.array([p for p, _ in recorded])
+            work = np.array([r[1:].sum() / max(len(r) - 1, 1) for _, r in recorded])  # c/K
             summaries = [episode_summary(values[e.index]) for e in episodes]
             quality = np.array([x[spec.QUALITY] for x in summaries])
             final = np.array([x[spec.FINAL_PROGRESS] for x in summaries])
@@ -84,8 +82,8 @@ def main() -> None:
                 by_mode = f" | AUROC quality {failure_auroc(quality[against], succeeded[against]):.3f} final {failure_auroc(final[against], succeeded[against]):.3f}" if g in groups[3:] else ""
                 print(f"    {g:<10} s {s[at].mean():.2f}  c/K {work[at].mean():.2f}  final {final[at].mean():.2f}  quality {quality[at].mean():.2f}{by_mode}")
             quarters = [[] for _ in range(4)]
-            for (rates, valid), g in zip(rates_seen, group):
-                n = int(valid.sum())
+            for (_, rates), g in zip(recorded, group):
+                n = len(rates)
                 if g == "expert" and n > 1:
                     for i in range(1, n):  # the rate at sample i is the work since sample i - 1
                         quarters[min(int(4 * (i - 0.5) / (n - 1)), 3)].append(rates[i])
