@@ -140,3 +140,10 @@ def test_edit_lag_kinds_must_be_edit_kinds(tmp_path):
     assert tiny_config(tmp_path / "store", edit_lag=2, edit_lag_kinds=["retry"]).edit_lag_kinds == ["retry"]
     with pytest.raises(ValueError, match="edit_lag_kinds"):
         tiny_config(tmp_path / "store", edit_lag=2, edit_lag_kinds=["retries"])
+
+
+def test_reversed_episodes_need_a_model_that_ignores_the_task_text(tmp_path):
+    """A reversed episode keeps its task's text, which then names the opposite task."""
+    with pytest.raises(ValueError, match="reverse_p"):
+        tiny_config(tmp_path / "store", reverse_p=0.3)
+    assert tiny_config(tmp_path / "store", reverse_p=0.3, model={"reads_text": False}).reverse_p == 0.3

@@ -9,7 +9,7 @@ import pytest
 from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from pipelines.windows import EpisodeChain, WindowGeometry, label_episodes, sample_positions
 from schemas import inference as contract
-from wvm.data import edit_episode
+from wvm.data import EpisodeSampler, TrainingEpisode, edit_episode, reverse_episode
 from wvm.metrics import ground_truth
 
 GEOMETRY = WindowGeometry(samples_per_episode=24)
@@ -162,6 +162,43 @@ def test_only_the_listed_edit_kinds_coast():
         else:
             np.testing.assert_array_equal(frames, every[0])
     assert set(kinds) == {"hesitation", "retry", "failed"}
+
+
+@pytest.mark.parametrize("kind", ["expert", "hesitation", "retry"])
+def test_a_reversed_episode_is_its_reverse_task_by_the_same_formula(kind):
+    """Played backwards, a successful episode of any kind is one of the same kind (the pause or
+    undo at the mirrored place) whose ground truth is the formula's: 1 - the old truth read
+    backwards."""
+    length, m, n = 30, 9, 15
+    truth = ground_truth(length, kind, m, n)
+    steps, reversed_truth = reverse_episode(np.arange(length), truth)
+    np.testing.assert_array_equal(steps, np.arange(length)[::-1])
+    mirrored = ground_truth(length, kind, length - 1 - n, length - 1 - m)
+    # the retry formula rounds its pace (T - 2x steps), so the mirrored one is the same within a step
+    np.testing.assert_allclose(reversed_truth, mirrored, atol=1.0 / (length - 2 * (n - m)) + 1e-9)
+    assert reversed_truth[0] == 0 and reversed_truth[-1] == 1
+    falling = np.flatnonzero(np.diff(reversed_truth) < -1e-9)
+    assert (len(falling) > 0) == (kind == "retry") and np.all((falling >= length - 1 - n) & (falling < length - 1 - m))
+
+
+def test_the_sampler_never_reverses_a_failed_episode():
+    """A failed episode has no reverse task (it starts where it did not finish): at reverse_p 1
+    every successful episode is read backwards and every failed one forwards."""
+    kinds = ("expert", "retry", "failed")
+    episodes = [
+        TrainingEpisode(np.zeros((30, 4, 4, 3), np.uint8), ground_truth(30, k, 10, 29 if k == "failed" else 16).astype(np.float32), "t", k, 10.0, k)
+        for k in kinds
+    ]
+    sampler = EpisodeSampler(episodes, 24, edit_p=0.0, reverse_p=1.0)
+    ids, frames, values, valid = sampler.sample(64, np.random.default_rng(0))
+    offsets = sampler.offsets
+    for i, f, v in zip(ids, frames, values):
+        local = f - offsets[i]
+        if kinds[i] == "failed":
+            assert np.all(np.diff(local) >= 0) and v[-1] < 1
+        else:
+            assert np.all(np.diff(local) <= 0) and v[0] == 0 and v[-1] == pytest.approx(1)
+    assert set(ids.tolist()) == {0, 1, 2}
 
 
 def test_advantage_and_weights_by_hand():

@@ -123,6 +123,20 @@ def edit_episode(
     return np.concatenate([frames[: m + 1], coast, back, frames[back[-1] + 1 :]]), kind, m, m + x
 
 
+def reverse_episode(steps: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A successful episode played backwards: a new task, from the old goal back to the old
+    start, with the same scene and motions (most manipulation reads as a plausible task in
+    reverse: carry an object back, open what was closed). Its progress is 1 - the old progress
+    read backwards, so every ground-truth formula maps onto itself: a pause stays a pause, an
+    undo stays an undo (now of the reverse task), and it still ends at 1. Taught alongside the
+    forward episodes, the same scene and motion direction are progress in one episode and
+    regress in another, so progress must come from where the episode goes, not from which
+    direction a task's scene usually moves in (the unseen-task retries of
+    reports/experiments.md). Failed episodes have no reverse task (they start where they did
+    not finish)."""
+    return steps[::-1].copy(), (1.0 - truth[::-1]).astype(np.float32)
+
+
 def warped_positions(length: int, samples: int, rng: np.random.Generator, shape: float = 2.0) -> np.ndarray:
     """`samples` frame indices from first to last in a random monotone order of spacing: the
     episode as if executed at a speed that changes along the way. Gaps are Gamma(shape)
@@ -139,7 +153,11 @@ class EpisodeSampler:
     probability `edit_p`, expert episodes only) edited by `edit_episode`; the sample positions
     jittered a little around the evenly spaced ones inference uses, or (with probability
     `warp_p`) warped in time (`warped_positions`), so that where a sample sits in the episode
-    does not by itself tell its progress: the frames must."""
+    does not by itself tell its progress: the frames must.
+
+    With probability `reverse_p` a successful episode (as recorded or edited) is played
+    backwards as the task of going back to where it started, labelled 1 - its progress read
+    backwards (`reverse_episode`)."""
 
     def __init__(
         self,
@@ -149,9 +167,10 @@ class EpisodeSampler:
         warp_p: float = 0.0,
         edit_lag: int = 0,
         edit_lag_kinds: Sequence[str] = EDIT_KINDS,
+        reverse_p: float = 0.0,
     ):
         self.episodes, self.samples, self.edit_p, self.warp_p = episodes, samples, edit_p, warp_p
-        self.edit_lag, self.edit_lag_kinds = edit_lag, tuple(edit_lag_kinds)
+        self.edit_lag, self.edit_lag_kinds, self.reverse_p = edit_lag, tuple(edit_lag_kinds), reverse_p
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -164,10 +183,12 @@ class EpisodeSampler:
         valid = np.zeros((batch_size, n), bool)
         for row, i in enumerate(ids):
             episode = self.episodes[i]
-            steps, truth = np.arange(len(episode.values)), episode.values
+            steps, truth, kind = np.arange(len(episode.values)), episode.values, episode.kind
             if episode.kind == "expert" and len(steps) >= 4 and rng.random() < self.edit_p:
                 steps, kind, m, end = edit_episode(len(steps), rng, self.edit_lag, self.edit_lag_kinds)
                 truth = ground_truth(len(steps), kind, m, end)
+            if kind in gt.SUCCESS_KINDS and rng.random() < self.reverse_p:
+                steps, truth = reverse_episode(steps, truth)
             positions = sample_positions(len(steps), n)
             k = len(positions)
             if k > 2 and rng.random() < self.warp_p:

@@ -68,6 +68,7 @@ class TrainConfig:
     warp_p: float = 0.0  # episodes read at a randomly changing speed (wvm.data.warped_positions)
     edit_lag: int = 0  # edited frames turn up to this many steps after the label does (momentum)
     edit_lag_kinds: tuple[str, ...] = EDIT_KINDS  # the edits that coast (wvm.data.EDIT_KINDS)
+    reverse_p: float = 0.0  # successful episodes played backwards as their reverse task (wvm.data.reverse_episode)
     text_dropout: float = 0.1
     # episodes read as if they had no robot state (value_reads_state): the model must also
     # label video-only datasets
@@ -86,6 +87,9 @@ class TrainConfig:
             raise ValueError(f"video_lr_scale must be in (0, 1] (freeze_video for 0), got {self.video_lr_scale}")
         if unknown := set(self.edit_lag_kinds) - set(EDIT_KINDS):
             raise ValueError(f"edit_lag_kinds must be among {EDIT_KINDS}, got {sorted(unknown)}")
+        if self.reverse_p and self.model.get("reads_text", True):
+            # a reversed episode keeps its task's text, which then names the opposite task
+            raise ValueError("reverse_p needs a model that does not read the task text (model.reads_text false)")
 
 
 class Trainer:
@@ -268,7 +272,7 @@ class Trainer:
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = EpisodeSampler(
-            episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p, cfg.edit_lag, cfg.edit_lag_kinds
+            episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p, cfg.edit_lag, cfg.edit_lag_kinds, cfg.reverse_p
         )
         # halves of the tasks, alternating in name order (Batch.fold, wvm.model.FrameProgress)
         tasks = sorted({e.task for e in episodes})
