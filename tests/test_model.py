@@ -12,7 +12,7 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, EnsembleValueModel, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, state_features
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, state_features, step_classes
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -349,8 +349,49 @@ def test_the_robot_state_reaches_the_values_only_when_the_model_reads_it(ahead):
     loss.backward()
     width = 9 if ahead else 7
     assert torch.isfinite(loss) and model.value.frame_in.weight.grad[:, -1 - width : -1].abs().sum() > 0
-    with pytest.raises(ValueError, match="needs value_reads_state"):
+    with pytest.raises(ValueError, match="need value_reads_state"):
         small_model(**V3, value_reads_state_ahead=True)
+
+
+def test_step_classes_by_hand():
+    """Work, pause and undo from the ground truth's steps (times the episode's steps); the
+    first sample and padding have no step."""
+    values = torch.tensor([[0.0, 0.25, 0.5, 0.5, 0.25, 0.5, 0.75, 9.0]])  # 7 real samples, 6 steps
+    valid = torch.arange(8)[None] < 7
+    assert step_classes(values, valid).tolist() == [[-1, 0, 0, 1, 2, 0, 0, -1]]
+
+
+def test_state_rates_learn_pauses_and_undos_from_the_state_alone():
+    """value_reads_state_rates: StateRates trains on the ground truth's steps (its own loss term;
+    the value tokens read its probabilities detached) and tells a still arm and a retraced path
+    from steady motion with no frames to go on; an episode without a state is not a target."""
+    model = small_model(**V3, value_reads_state=True, value_reads_state_rates=True)
+    batch = random_batch(model.config)
+    n = model.config.samples_per_episode
+    b = batch.values.shape[0]
+    batch.valid = torch.ones(b, n, dtype=torch.bool)
+    path = torch.zeros(b, n, 3)
+    path[..., 0] = torch.arange(n, dtype=torch.float32)
+    values = torch.arange(n, dtype=torch.float32).expand(b, n).clone()
+    path[0, 8:14], values[0, 8:14] = path[0, 7], values[0, 7]  # a pause
+    path[1, 8:12] = path[1, 7] - torch.arange(1, 5.0)[:, None] * torch.tensor([1.0, 0, 0])  # an undo, then the redo
+    path[1, 12:] = path[1, 8:12][-1] + torch.arange(1, n - 11.0)[:, None] * torch.tensor([1.0, 0, 0])
+    values[1, 8:12] = values[1, 7] - torch.arange(1, 5.0)
+    values[1, 12:] = values[1, 11] + torch.arange(1, n - 11.0)
+    batch.values = values / values[:, -1:]
+    batch.states = path
+    batch.states[2] = float("nan")  # no state: no target
+    loss, info = model.train().loss(batch)
+    loss.backward()
+    assert "state_steps" in info and model.value.state_rates.net[0].weight.grad.abs().sum() > 0
+    optimizer = torch.optim.Adam(model.value.state_rates.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        model.loss(batch)[0].backward()
+        optimizer.step()
+    with torch.no_grad():
+        judged = model.value.state_rates(batch.states, batch.valid).argmax(-1)
+    assert judged[0, 9:13].eq(1).all() and judged[1, 9:11].eq(2).all() and judged[0, 2:6].eq(0).all()
 
 
 def test_progress_features_by_hand():

@@ -95,6 +95,11 @@ class WVMConfig:
     # onto and redoes afterwards, even where the objects do not move back. Measured level with
     # v9's recipe on unseen tasks, better pauses off the training viewpoint (experiments row 55)
     value_reads_state_ahead: bool = False
+    # ...and, with the state, a judgement of each step as work, pause or undo from the state's
+    # motion alone (StateRates, trained on the ground truth's steps; its probabilities are an
+    # input the value tokens read, detached). The state's motion carries to unseen tasks where
+    # the frames' appearance does not (reports/experiments.md row 66)
+    value_reads_state_rates: bool = False
     # ...and a per-frame progress estimate (FrameProgress: two regressors on one frame's latents,
     # cross-fitted over halves of the tasks): "level" its value, change since the previous sample
     # and level above the first sample's; "change" the change alone; "" not at all
@@ -138,8 +143,8 @@ class WVMConfig:
             raise ValueError(f"value_reads_progress must be one of {sorted(PROGRESS_FEATURES)}, got {self.value_reads_progress!r}")
         if (self.value_success_weight > 0 or self.value_success_token) and self.value_head != "rates":
             raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
-        if self.value_reads_state_ahead and not self.value_reads_state:
-            raise ValueError("value_reads_state_ahead needs value_reads_state")
+        if (self.value_reads_state_ahead or self.value_reads_state_rates) and not self.value_reads_state:
+            raise ValueError("value_reads_state_ahead and value_reads_state_rates need value_reads_state")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
 
@@ -345,6 +350,8 @@ class ValueStream(nn.Module):
         self.reads_state = config.value_reads_state
         self.reads_state_ahead = config.value_reads_state_ahead
         frame_dim += (STATE_FEATURES + STATE_AHEAD_FEATURES * self.reads_state_ahead) if self.reads_state else 0
+        self.state_rates = StateRates() if config.value_reads_state_rates else None
+        frame_dim += len(STEP_CLASSES) if self.state_rates is not None else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
         self.time_in = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
@@ -362,9 +369,11 @@ class ValueStream(nn.Module):
         valid: torch.Tensor,
         progress: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
+        state_steps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`progress` (B, N): the per-frame progress estimate the tokens read (value_reads_progress);
-        `states` (B, N, S) the samples' robot states, NaN for an episode without (state_features)."""
+        `states` (B, N, S) the samples' robot states, NaN for an episode without (state_features);
+        `state_steps` (B, N, 3) StateRates' logits (value_reads_state_rates)."""
         b, n = values.shape
         own = patches.reshape(b, n, -1)
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
@@ -376,6 +385,8 @@ class ValueStream(nn.Module):
             parts.append(progress_features(progress, valid, self.reads_progress))
         if self.reads_state:
             parts.append(state_features(states, valid, self.reads_state_ahead))
+        if state_steps is not None:
+            parts.append(state_steps.detach().softmax(-1) * StateRates.known(states, valid)[..., None])
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -522,6 +533,47 @@ def goal_progress(patches: torch.Tensor, valid: torch.Tensor, bound: float = 3.0
     return features * valid[..., None]
 
 
+STEP_CLASSES = ("work", "pause", "undo")
+
+
+def step_classes(values: torch.Tensor, valid: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Each sample's step from the previous one, as STEP_CLASSES indices (B, N): the ground
+    truth's change times the episode's steps (about 1 for work at even pace, 0 paused or holding
+    after a failure, about -1 undoing) against +-`threshold`; -1 at the first sample and padding."""
+    steps = (valid.sum(1) - 1).clamp(min=1)[:, None].float()
+    change = torch.cat([torch.zeros_like(values[:, :1]), values.diff(dim=1)], dim=1) * steps
+    classes = torch.where(change > threshold, 0, torch.where(change < -threshold, 2, 1))
+    first = torch.zeros_like(valid)
+    first[:, 0] = True
+    return classes.masked_fill(~valid | first, -1)
+
+
+class StateRates(nn.Module):
+    """Work, pause or undo at each sample from the robot state's motion alone (state_features,
+    looking ahead too, of the sample and its two neighbours): no frames, no task, so what it
+    learns on the training tasks is the same motion on any other (a small MLP fit on the seen
+    bench's states told undo from the rest at AUROC 0.93 on unseen tasks, where the full model
+    reads undoing as pausing; reports/experiments.md row 66)."""
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3 * (STATE_FEATURES + STATE_AHEAD_FEATURES), hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES)))
+
+    @staticmethod
+    def known(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+        """(B, N) float: 1 at the real samples of episodes with a state."""
+        if states is None:
+            return torch.zeros_like(valid, dtype=torch.float32)
+        return (valid & ~torch.isnan(states).any(-1).any(-1)[:, None]).float()
+
+    def forward(self, states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+        """(B, N, S) states -> (B, N, 3) logits over STEP_CLASSES."""
+        f = state_features(states, valid, ahead=True)
+        previous = torch.cat([f[:, :1], f[:, :-1]], dim=1)
+        following = torch.cat([f[:, 1:], f[:, -1:]], dim=1)
+        return self.net(torch.cat([previous, f, following], dim=-1))
+
+
 class FrameProgress(nn.Module):
     """Per-frame progress estimates: two small regressors on one frame's latents, no temporal
     context (the static baseline's cue, row 42d: on tasks never trained on a retrace looks like
@@ -639,7 +691,7 @@ class WorldValueModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocities for every latent patch (B, N, tokens, patch_dim) and every value (B, N).
         `latents` holds clean (frame_t = 1) and noised frames; `values` the noised values."""
-        video_velocity, value_velocity, _, _ = self.joint(latents, frame_t, text, values, value_t, valid)
+        video_velocity, value_velocity, *_ = self.joint(latents, frame_t, text, values, value_t, valid)
         return video_velocity, value_velocity
 
     def joint(
@@ -652,10 +704,11 @@ class WorldValueModel(nn.Module):
         valid: torch.Tensor,
         fold: torch.Tensor | None = None,
         states: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """`forward` plus the rates head's success probability (B,) (None for the direct head)
-        and both FrameProgress estimates (B, N, 2) (None unless value_reads_progress); `fold`
-        as Batch.fold, `states` as Batch.states."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """`forward` plus the rates head's success probability (B,) (None for the direct head),
+        both FrameProgress estimates (B, N, 2) (None unless value_reads_progress) and StateRates'
+        logits (B, N, 3) (None unless value_reads_state_rates); `fold` as Batch.fold, `states`
+        as Batch.states."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
         if not self.config.reads_text:
@@ -665,7 +718,8 @@ class WorldValueModel(nn.Module):
         x = self.video.embed(patches, text, frame_t, where)
         estimates = self.value.progress(patches) if self.value.progress is not None else None
         progress = FrameProgress.read(estimates, fold) if estimates is not None else None
-        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress, states)
+        state_steps = self.value.state_rates(states, valid) if self.value.state_rates is not None else None
+        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress, states, state_steps)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid
@@ -677,7 +731,7 @@ class WorldValueModel(nn.Module):
         video_velocity = self.video.head(x[:, 1:]).view(b, n, tpf, -1)
         head = self.value.head(y[:, :n]).squeeze(-1)
         if self.config.value_head == "direct":
-            return video_velocity, head, None, estimates
+            return video_velocity, head, None, estimates, state_steps
         if self.value.success_query is not None:
             judged = y[:, n]
         else:
@@ -685,7 +739,7 @@ class WorldValueModel(nn.Module):
         success = torch.sigmoid(self.value.success(judged).squeeze(-1))
         # the clean values are predicted outright; as a velocity from the noised input that is
         # what one Euler step from t = 0 (inference) lands on
-        return video_velocity, progress_from_rates(head, success, valid) - values, success, estimates
+        return video_velocity, progress_from_rates(head, success, valid) - values, success, estimates, state_steps
 
     def loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
         cfg = self.config
@@ -706,7 +760,7 @@ class WorldValueModel(nn.Module):
         value_t = torch.rand(b, device=device) * (torch.rand(b, device=device) > 0.5)
         value_eps = torch.randn_like(batch.values)
         noised_values = value_t[:, None] * batch.values + (1 - value_t[:, None]) * value_eps
-        video_velocity, value_velocity, success, estimates = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid, batch.fold, batch.states)
+        video_velocity, value_velocity, success, estimates, state_steps = self.joint(noised, frame_t, batch.text, noised_values, value_t, batch.valid, batch.fold, batch.states)
         target = self.video.patchify(batch.latents) - self.video.patchify(video_eps)
         video_loss = _masked_mse(video_velocity, target, future[:, :, None, None])
         if cfg.value_head == "direct":
@@ -733,6 +787,13 @@ class WorldValueModel(nn.Module):
             progress_loss = _masked_mse(estimates, batch.values[..., None].expand_as(estimates), own)
             total = total + cfg.value_loss_weight * progress_loss
             logs["progress"] = progress_loss.item()
+        if state_steps is not None:
+            # the state's judgement learns from the ground truth's steps, of episodes with a state only
+            targets = step_classes(batch.values, batch.valid).masked_fill(StateRates.known(batch.states, batch.valid) == 0, -1)
+            if (targets >= 0).any():
+                step_loss = F.cross_entropy(state_steps.reshape(-1, len(STEP_CLASSES)), targets.reshape(-1), ignore_index=-1)
+                total = total + cfg.value_loss_weight * step_loss
+                logs["state_steps"] = step_loss.item()
         if cfg.value_success_weight > 0:
             # success = the ground truth reaches 1 (wvm.metrics.ground_truth: only a failed episode does not)
             final = batch.values.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
@@ -756,7 +817,7 @@ class WorldValueModel(nn.Module):
         valid = valid_mask(lengths, n)
         noise = self.inference_value_noise[:, :n].expand(b, -1)
         zero = torch.zeros(b, device=latents.device)
-        _, velocity, _, _ = self.joint(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid, states=states)
+        _, velocity, *_ = self.joint(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid, states=states)
         return ((noise + velocity).clamp(0.0, 1.0) * valid).float()
 
 
