@@ -12,7 +12,7 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, EnsembleValueModel, FrameProgress, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, state_features, step_classes
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, state_features, step_classes
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -392,6 +392,32 @@ def test_state_rates_learn_pauses_and_undos_from_the_state_alone():
     with torch.no_grad():
         judged = model.value.state_rates(batch.states, batch.valid).argmax(-1)
     assert judged[0, 9:13].eq(1).all() and judged[1, 9:11].eq(2).all() and judged[0, 2:6].eq(0).all()
+
+
+def test_cross_fitted_state_rates_read_the_judge_that_never_saw_the_task():
+    """value_state_rates_crossfit: two judges, each trained on its fold's episodes only; in
+    training an episode's tokens read the other fold's judge, at inference the mean of both."""
+    model = small_model(**V3, value_reads_state=True, value_reads_state_rates=True, value_state_rates_crossfit=True)
+    batch = random_batch(model.config)
+    b, n = batch.values.shape
+    batch.states = torch.cumsum(torch.rand(b, n, 4, generator=torch.Generator().manual_seed(2)), dim=1)
+    batch.fold = torch.tensor([0] * (b - 1) + [1])
+    logits = model.value.state_rates(batch.states, batch.valid)
+    assert logits.shape == (b, n, 2, 3)
+    p = logits.softmax(-1)
+    read = StateRates.read(logits, batch.fold)
+    torch.testing.assert_close(read[0], p[0, :, 1])
+    torch.testing.assert_close(read[-1], p[-1, :, 0])
+    torch.testing.assert_close(StateRates.read(logits, None), p.mean(2))
+    model.train().loss(batch)[0].backward()  # the one fold-1 episode is all the second judge learns from
+    grads = [net[0].weight.grad.abs().sum() for net in (model.value.state_rates.net, model.value.state_rates.other)]
+    assert grads[0] > 0 and grads[1] > 0
+    batch.fold = torch.zeros(b, dtype=torch.long)
+    model.zero_grad()
+    model.loss(batch)[0].backward()
+    assert model.value.state_rates.other[0].weight.grad is None or model.value.state_rates.other[0].weight.grad.abs().sum() == 0
+    with pytest.raises(ValueError, match="needs value_reads_state_rates"):
+        small_model(**V3, value_reads_state=True, value_state_rates_crossfit=True)
 
 
 def test_progress_features_by_hand():

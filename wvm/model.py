@@ -100,6 +100,10 @@ class WVMConfig:
     # input the value tokens read, detached). The state's motion carries to unseen tasks where
     # the frames' appearance does not (reports/experiments.md row 66)
     value_reads_state_rates: bool = False
+    # ...two of them, each trained on half the tasks (Batch.fold), the tokens reading in training
+    # the one that never saw the episode's task (cross-fitting, as FrameProgress): so the tokens
+    # learn how far to trust the state on a new task, and when the frames should overrule it
+    value_state_rates_crossfit: bool = False
     # ...and a per-frame progress estimate (FrameProgress: two regressors on one frame's latents,
     # cross-fitted over halves of the tasks): "level" its value, change since the previous sample
     # and level above the first sample's; "change" the change alone; "" not at all
@@ -145,6 +149,8 @@ class WVMConfig:
             raise ValueError("value_success_weight and value_success_token need value_head 'rates' (the direct head has no success probability)")
         if (self.value_reads_state_ahead or self.value_reads_state_rates) and not self.value_reads_state:
             raise ValueError("value_reads_state_ahead and value_reads_state_rates need value_reads_state")
+        if self.value_state_rates_crossfit and not self.value_reads_state_rates:
+            raise ValueError("value_state_rates_crossfit needs value_reads_state_rates")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
 
@@ -350,7 +356,7 @@ class ValueStream(nn.Module):
         self.reads_state = config.value_reads_state
         self.reads_state_ahead = config.value_reads_state_ahead
         frame_dim += (STATE_FEATURES + STATE_AHEAD_FEATURES * self.reads_state_ahead) if self.reads_state else 0
-        self.state_rates = StateRates() if config.value_reads_state_rates else None
+        self.state_rates = StateRates(config.value_state_rates_crossfit) if config.value_reads_state_rates else None
         frame_dim += len(STEP_CLASSES) if self.state_rates is not None else 0
         self.frame_in = nn.Linear(frame_dim + 1, w)
         self.frame_time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w)) if self.reads_time else None
@@ -373,7 +379,7 @@ class ValueStream(nn.Module):
     ) -> torch.Tensor:
         """`progress` (B, N): the per-frame progress estimate the tokens read (value_reads_progress);
         `states` (B, N, S) the samples' robot states, NaN for an episode without (state_features);
-        `state_steps` (B, N, 3) StateRates' logits (value_reads_state_rates)."""
+        `state_steps` (B, N, 3) StateRates' probabilities (StateRates.read)."""
         b, n = values.shape
         own = patches.reshape(b, n, -1)
         parts = [own, own - torch.cat([own[:, :1], own[:, :-1]], dim=1), own - own[:, :1]] if self.reads_motion else [own]
@@ -386,7 +392,7 @@ class ValueStream(nn.Module):
         if self.reads_state:
             parts.append(state_features(states, valid, self.reads_state_ahead))
         if state_steps is not None:
-            parts.append(state_steps.detach().softmax(-1) * StateRates.known(states, valid)[..., None])
+            parts.append(state_steps * StateRates.known(states, valid)[..., None])
         y = self.value_in(values[..., None]) + self.frame_in(torch.cat([*parts, frame_t[..., None]], dim=-1))
         if self.reads_time:
             y = y + self.frame_time(timestep_embedding(episode_t.reshape(-1), self.width)).view(b, n, self.width)
@@ -555,9 +561,12 @@ class StateRates(nn.Module):
     bench's states told undo from the rest at AUROC 0.93 on unseen tasks, where the full model
     reads undoing as pausing; reports/experiments.md row 66)."""
 
-    def __init__(self, hidden: int = 64):
+    def __init__(self, crossfit: bool = False, hidden: int = 64):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(3 * (STATE_FEATURES + STATE_AHEAD_FEATURES), hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES)))
+        width = 3 * (STATE_FEATURES + STATE_AHEAD_FEATURES)
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES)))
+        # the second fold's judge (value_state_rates_crossfit); `net` judges the first fold, or all
+        self.other = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES))) if crossfit else None
 
     @staticmethod
     def known(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
@@ -567,11 +576,34 @@ class StateRates(nn.Module):
         return (valid & ~torch.isnan(states).any(-1).any(-1)[:, None]).float()
 
     def forward(self, states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
-        """(B, N, S) states -> (B, N, 3) logits over STEP_CLASSES."""
+        """(B, N, S) states -> (B, N, judges, 3) logits over STEP_CLASSES (one judge, or one per fold)."""
         f = state_features(states, valid, ahead=True)
         previous = torch.cat([f[:, :1], f[:, :-1]], dim=1)
         following = torch.cat([f[:, 1:], f[:, -1:]], dim=1)
-        return self.net(torch.cat([previous, f, following], dim=-1))
+        x = torch.cat([previous, f, following], dim=-1)
+        return torch.stack([net(x) for net in (self.net, self.other) if net is not None], dim=2)
+
+    @staticmethod
+    def read(logits: torch.Tensor, fold: torch.Tensor | None) -> torch.Tensor:
+        """The probabilities (B, N, 3) the value tokens read: with two judges, in training the
+        one that never saw the episode's task (fold (B,)), otherwise the mean of both. Detached,
+        so the value loss cannot make them something other than the state's judgement."""
+        p = logits.detach().softmax(-1)
+        if p.shape[2] == 1 or fold is None:
+            return p.mean(2)
+        other = (1 - fold).view(-1, 1, 1, 1).expand(-1, p.shape[1], 1, p.shape[3])
+        return p.gather(2, other).squeeze(2)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor, fold: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy of each judge on its own episodes (targets (B, N), -1: none): every
+        episode for a single judge, its fold's for two."""
+        judges = logits.shape[2]
+        if judges > 1 and fold is None:
+            raise ValueError("value_state_rates_crossfit needs Batch.fold in training (which half of the tasks each episode is in)")
+        own = [targets if judges == 1 else targets.masked_fill((fold != j)[:, None], -1) for j in range(judges)]
+        losses = [F.cross_entropy(logits[:, :, j].reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=-1) for j, t in enumerate(own) if (t >= 0).any()]
+        return torch.stack(losses).mean() if losses else logits.sum() * 0
 
 
 class FrameProgress(nn.Module):
@@ -707,7 +739,7 @@ class WorldValueModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """`forward` plus the rates head's success probability (B,) (None for the direct head),
         both FrameProgress estimates (B, N, 2) (None unless value_reads_progress) and StateRates'
-        logits (B, N, 3) (None unless value_reads_state_rates); `fold` as Batch.fold, `states`
+        logits (B, N, judges, 3) (None unless value_reads_state_rates); `fold` as Batch.fold, `states`
         as Batch.states."""
         b, n = valid.shape
         tpf = self.config.tokens_per_frame
@@ -719,7 +751,8 @@ class WorldValueModel(nn.Module):
         estimates = self.value.progress(patches) if self.value.progress is not None else None
         progress = FrameProgress.read(estimates, fold) if estimates is not None else None
         state_steps = self.value.state_rates(states, valid) if self.value.state_rates is not None else None
-        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress, states, state_steps)
+        state_judgement = StateRates.read(state_steps, fold) if state_steps is not None else None
+        y = self.value.embed(values, value_t, where, patches, frame_t, valid, progress, states, state_judgement)
         frame_keys = valid[:, :, None].expand(b, n, tpf).reshape(b, n * tpf)
         video_keys = torch.cat([valid.new_ones(b, 1), frame_keys], dim=1)[:, None, None]
         value_keys = valid
@@ -790,10 +823,9 @@ class WorldValueModel(nn.Module):
         if state_steps is not None:
             # the state's judgement learns from the ground truth's steps, of episodes with a state only
             targets = step_classes(batch.values, batch.valid).masked_fill(StateRates.known(batch.states, batch.valid) == 0, -1)
-            if (targets >= 0).any():
-                step_loss = F.cross_entropy(state_steps.reshape(-1, len(STEP_CLASSES)), targets.reshape(-1), ignore_index=-1)
-                total = total + cfg.value_loss_weight * step_loss
-                logs["state_steps"] = step_loss.item()
+            step_loss = StateRates.loss(state_steps, targets, batch.fold)
+            total = total + cfg.value_loss_weight * step_loss
+            logs["state_steps"] = step_loss.item()
         if cfg.value_success_weight > 0:
             # success = the ground truth reaches 1 (wvm.metrics.ground_truth: only a failed episode does not)
             final = batch.values.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
