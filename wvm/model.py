@@ -563,10 +563,12 @@ class StateRates(nn.Module):
 
     def __init__(self, crossfit: bool = False, hidden: int = 64):
         super().__init__()
-        width = 3 * (STATE_FEATURES + STATE_AHEAD_FEATURES)
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES)))
+        def judge() -> nn.Module:
+            return nn.Sequential(nn.Linear(3 * (STATE_FEATURES + STATE_AHEAD_FEATURES), hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES)))
+
+        self.net = judge()
         # the second fold's judge (value_state_rates_crossfit); `net` judges the first fold, or all
-        self.other = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, len(STEP_CLASSES))) if crossfit else None
+        self.other = judge() if crossfit else None
 
     @staticmethod
     def known(states: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
