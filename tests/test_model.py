@@ -12,7 +12,7 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, state_features, step_classes
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, STATE_FEATURES, state_features, step_classes
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -392,6 +392,29 @@ def test_state_rates_learn_pauses_and_undos_from_the_state_alone():
     with torch.no_grad():
         judged = model.value.state_rates(batch.states, batch.valid).argmax(-1)
     assert judged[0, 9:13].eq(1).all() and judged[1, 9:11].eq(2).all() and judged[0, 2:6].eq(0).all()
+
+
+def test_state_read_only_through_state_rates_judgement():
+    """value_reads_state_features false: the tokens' input has no state_features columns, and
+    the state still moves the values, through StateRates' probabilities alone."""
+    both = small_model(**V3, value_reads_state=True, value_reads_state_rates=True)
+    judged = small_model(**V3, value_reads_state=True, value_reads_state_rates=True, value_reads_state_features=False)
+    assert both.value.frame_in.in_features - judged.value.frame_in.in_features == STATE_FEATURES
+    batch = random_batch(judged.config)
+    b, n = batch.values.shape
+    states = torch.cumsum(torch.rand(b, n, 4, generator=torch.Generator().manual_seed(3)), dim=1)
+    frames = torch.randint(0, 255, (b, n, 64, 64, 3), dtype=torch.uint8)
+    lengths = batch.valid.sum(1)
+    judged.eval()
+    torch.nn.init.normal_(judged.value.state_rates.net[2].weight, std=3.0)  # a judgement that varies with the state
+    moved = judged.predict(frames, batch.text, lengths, states) - judged.predict(frames, batch.text, lengths, states.flip(1))
+    assert moved.abs().max() > 1e-4
+    torch.nn.init.zeros_(judged.value.state_rates.net[2].weight)
+    torch.nn.init.zeros_(judged.value.state_rates.net[2].bias)  # the same judgement whatever the state
+    still = judged.predict(frames, batch.text, lengths, states) - judged.predict(frames, batch.text, lengths, states.flip(1))
+    assert still.abs().max() < 1e-6
+    with pytest.raises(ValueError, match="needs value_reads_state_rates"):
+        small_model(**V3, value_reads_state=True, value_reads_state_features=False)
 
 
 def test_cross_fitted_state_rates_read_the_judge_that_never_saw_the_task():

@@ -104,6 +104,10 @@ class WVMConfig:
     # the one that never saw the episode's task (cross-fitting, as FrameProgress): so the tokens
     # learn how far to trust the state on a new task, and when the frames should overrule it
     value_state_rates_crossfit: bool = False
+    # False (with value_reads_state_rates): the tokens read the state only through StateRates'
+    # judgement, not state_features themselves. Row 66's tokens, reading both, turned a lift that
+    # re-climbs the heights of its descent (basketball) into an undo where StateRates said work
+    value_reads_state_features: bool = True
     # ...and a per-frame progress estimate (FrameProgress: two regressors on one frame's latents,
     # cross-fitted over halves of the tasks): "level" its value, change since the previous sample
     # and level above the first sample's; "change" the change alone; "" not at all
@@ -151,6 +155,8 @@ class WVMConfig:
             raise ValueError("value_reads_state_ahead and value_reads_state_rates need value_reads_state")
         if self.value_state_rates_crossfit and not self.value_reads_state_rates:
             raise ValueError("value_state_rates_crossfit needs value_reads_state_rates")
+        if not self.value_reads_state_features and not self.value_reads_state_rates:
+            raise ValueError("value_reads_state_features false needs value_reads_state_rates (the state's only way in)")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
 
@@ -353,7 +359,7 @@ class ValueStream(nn.Module):
         self.reads_progress = config.value_reads_progress
         self.progress = FrameProgress(config) if self.reads_progress else None
         frame_dim += PROGRESS_FEATURES[self.reads_progress]
-        self.reads_state = config.value_reads_state
+        self.reads_state = config.value_reads_state and config.value_reads_state_features
         self.reads_state_ahead = config.value_reads_state_ahead
         frame_dim += (STATE_FEATURES + STATE_AHEAD_FEATURES * self.reads_state_ahead) if self.reads_state else 0
         self.state_rates = StateRates(config.value_state_rates_crossfit) if config.value_reads_state_rates else None
