@@ -9,7 +9,7 @@ import pytest
 from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from pipelines.windows import EpisodeChain, WindowGeometry, label_episodes, sample_positions
 from schemas import inference as contract
-from wvm.data import EpisodeSampler, TrainingEpisode, edit_episode, reverse_episode
+from wvm.data import EpisodeSampler, TrainingEpisode, edit_episode, edit_failed_episode, reverse_episode
 from wvm.metrics import ground_truth
 
 GEOMETRY = WindowGeometry(samples_per_episode=24)
@@ -162,6 +162,48 @@ def test_only_the_listed_edit_kinds_coast():
         else:
             np.testing.assert_array_equal(frames, every[0])
     assert set(kinds) == {"hesitation", "retry", "failed"}
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_failed_episode_can_pause_or_undo_before_it_stops(seed):
+    """`edit_failed_episode`: a pause or an undo spliced in before the work stops; the label
+    follows the failed episode's own pace at each shown frame (holding in the pause, falling in
+    the undo), the frames from the stop on are the original's, and it never reaches 1."""
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(10, 60))
+    stop = int(rng.integers(5, length - 1))
+    truth = ground_truth(length, "failed", stop, length - 1).astype(np.float32)
+    steps, labels = edit_failed_episode(np.arange(length), truth, rng)
+    assert len(steps) > length and len(labels) == len(steps)
+    np.testing.assert_array_equal(steps[-(length - stop - 1) :], np.arange(stop + 1, length))
+    np.testing.assert_allclose(labels[-(length - stop) :], truth[stop])  # holds from the stop on, short of 1
+    assert labels.max() == pytest.approx(truth[stop]) and truth[stop] < 1
+    # no lag: the label is the failed episode's own progress at the shown frame (the retry
+    # formula rounds its pace, within a step)
+    np.testing.assert_allclose(labels, truth[steps], atol=1.0 / (length - 1) + 1e-6)
+    assert np.any(np.diff(steps[: len(steps) - (length - stop)]) <= 0)  # something stops or goes back
+
+
+def test_the_sampler_edits_failed_episodes_only_when_asked():
+    """At failed_edit_p 1 every failed episode pauses or goes back before its work stops (at 0 its
+    frames only advance until then), and successful ones are untouched."""
+    episodes = [
+        TrainingEpisode(np.zeros((30, 4, 4, 3), np.uint8), ground_truth(30, k, 20, 29 if k == "failed" else 25).astype(np.float32), "t", k, 10.0, k)
+        for k in ("hesitation", "failed")
+    ]
+    def before_the_stop(frames, values):  # frame steps while the label is still below its final hold
+        return np.diff(frames)[values[1:] < values[-1] - 1e-6]
+
+    plain = EpisodeSampler(episodes, 24, edit_p=0.0).sample(64, np.random.default_rng(0))
+    assert all(np.all(before_the_stop(f, v) > 0) for i, f, v in zip(*plain[:3]) if i == 1)
+    edited = EpisodeSampler(episodes, 24, edit_p=0.0, failed_edit_p=1.0).sample(64, np.random.default_rng(0))
+    np.testing.assert_array_equal(plain[0], edited[0])
+    for i, f, v, p in zip(edited[0], edited[1], edited[2], plain[1]):
+        if i == 0:
+            np.testing.assert_array_equal(f, p)
+        else:
+            assert np.any(before_the_stop(f, v) <= 0)
+            assert v[-1] == pytest.approx(20 / 29) and v.max() < 1
 
 
 @pytest.mark.parametrize("kind", ["expert", "hesitation", "retry"])

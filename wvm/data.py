@@ -84,7 +84,11 @@ EDIT_KINDS = ("hesitation", "retry", "failed")
 
 
 def edit_episode(
-    length: int, rng: np.random.Generator, max_lag: int = 0, lag_kinds: Sequence[str] = EDIT_KINDS
+    length: int,
+    rng: np.random.Generator,
+    max_lag: int = 0,
+    lag_kinds: Sequence[str] = EDIT_KINDS,
+    kinds: Sequence[str] = EDIT_KINDS,
 ) -> tuple[np.ndarray, str, int, int]:
     """Video rewinding at the episode level: splice a non-progress segment into an expert
     episode of `length` frames, as the real suboptimal kinds would look. Returns (frame index
@@ -98,10 +102,10 @@ def edit_episode(
     as a real arm coasts after the command to stop or back up (rendered episodes move on for
     about one recorded frame): the label turns at m, the frames keep advancing for the lag. A
     lag-free splice teaches that the label turns exactly where the frames do. Kinds not in
-    `lag_kinds` turn with the label.
+    `lag_kinds` turn with the label. The kind is drawn from `kinds`.
     """
     frames = np.arange(length)
-    kind = EDIT_KINDS[int(rng.integers(0, len(EDIT_KINDS)))]
+    kind = kinds[int(rng.integers(0, len(kinds)))]
     lag = int(rng.integers(0, max_lag + 1)) if max_lag > 0 else 0  # drawn for every kind: one stream
     lag = lag if kind in lag_kinds else 0
     if kind == "failed":
@@ -121,6 +125,30 @@ def edit_episode(
     turn = m + lag  # the farthest frame reached; x - lag steps back from there
     back = np.arange(turn - 1, turn - (x - lag) - 1, -1)
     return np.concatenate([frames[: m + 1], coast, back, frames[back[-1] + 1 :]]), kind, m, m + x
+
+
+def edit_failed_episode(
+    steps: np.ndarray, truth: np.ndarray, rng: np.random.Generator, max_lag: int = 0, lag_kinds: Sequence[str] = EDIT_KINDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """A pause or an undo spliced into the working part of a failed episode (frames `steps`,
+    progress `truth`, which holds from where the work stops). Rendered and edited suboptimal
+    episodes all succeed, so without this a pause or an undo is itself evidence of success: v12
+    scores failed episodes with an undo spliced in as successes (success probability 0.60
+    against 0.18 as rendered; reports/experiments.md, row 71). The splice is `edit_episode`'s
+    hesitation or retry of the frames up to the stop, its label mapped back onto the failed
+    episode's own pace: a failure that hesitates holds, one that undoes falls, and neither
+    reaches 1. Returns (steps, truth) of the edited episode; unchanged if the work stops
+    within the first four frames."""
+    stop = int(np.argmax(truth >= truth.max()))
+    if stop < 4:
+        return steps, truth
+    order, kind, m, end = edit_episode(stop + 1, rng, max_lag, lag_kinds, kinds=("hesitation", "retry"))
+    # the edited prefix's progress in [0, 1] is a position in the failed episode's first `stop` steps
+    reached = ground_truth(len(order), kind, m, end) * stop
+    rest = np.arange(stop + 1, len(steps))
+    positions = np.concatenate([order, rest])
+    labels = np.interp(np.concatenate([reached, rest]), np.arange(len(truth)), truth)
+    return steps[positions], labels.astype(np.float32)
 
 
 def reverse_episode(steps: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +185,8 @@ class EpisodeSampler:
 
     With probability `reverse_p` a successful episode (as recorded or edited) is played
     backwards as the task of going back to where it started, labelled 1 - its progress read
-    backwards (`reverse_episode`)."""
+    backwards (`reverse_episode`). With probability `failed_edit_p` a failed episode (as
+    recorded or edited) gets a pause or an undo before its work stops (`edit_failed_episode`)."""
 
     def __init__(
         self,
@@ -168,9 +197,11 @@ class EpisodeSampler:
         edit_lag: int = 0,
         edit_lag_kinds: Sequence[str] = EDIT_KINDS,
         reverse_p: float = 0.0,
+        failed_edit_p: float = 0.0,
     ):
         self.episodes, self.samples, self.edit_p, self.warp_p = episodes, samples, edit_p, warp_p
         self.edit_lag, self.edit_lag_kinds, self.reverse_p = edit_lag, tuple(edit_lag_kinds), reverse_p
+        self.failed_edit_p = failed_edit_p
         self.offsets = np.cumsum([0] + [len(e.values) for e in episodes])
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -187,6 +218,9 @@ class EpisodeSampler:
             if episode.kind == "expert" and len(steps) >= 4 and rng.random() < self.edit_p:
                 steps, kind, m, end = edit_episode(len(steps), rng, self.edit_lag, self.edit_lag_kinds)
                 truth = ground_truth(len(steps), kind, m, end)
+            # drawn only when enabled: recipes without it keep their random stream
+            if kind == "failed" and self.failed_edit_p and rng.random() < self.failed_edit_p:
+                steps, truth = edit_failed_episode(steps, truth, rng, self.edit_lag, self.edit_lag_kinds)
             if kind in gt.SUCCESS_KINDS and rng.random() < self.reverse_p:
                 steps, truth = reverse_episode(steps, truth)
             positions = sample_positions(len(steps), n)

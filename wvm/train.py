@@ -69,6 +69,7 @@ class TrainConfig:
     edit_lag: int = 0  # edited frames turn up to this many steps after the label does (momentum)
     edit_lag_kinds: tuple[str, ...] = EDIT_KINDS  # the edits that coast (wvm.data.EDIT_KINDS)
     reverse_p: float = 0.0  # successful episodes played backwards as their reverse task (wvm.data.reverse_episode)
+    failed_edit_p: float = 0.0  # failed episodes given a pause or undo before they stop (wvm.data.edit_failed_episode)
     text_dropout: float = 0.1
     # episodes read as if they had no robot state (value_reads_state): the model must also
     # label video-only datasets
@@ -272,7 +273,14 @@ class Trainer:
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = EpisodeSampler(
-            episodes, mc.samples_per_episode, cfg.edit_p, cfg.warp_p, cfg.edit_lag, cfg.edit_lag_kinds, cfg.reverse_p
+            episodes,
+            mc.samples_per_episode,
+            cfg.edit_p,
+            cfg.warp_p,
+            cfg.edit_lag,
+            cfg.edit_lag_kinds,
+            cfg.reverse_p,
+            cfg.failed_edit_p,
         )
         # halves of the tasks, alternating in name order (Batch.fold, wvm.model.FrameProgress)
         tasks = sorted({e.task for e in episodes})
