@@ -10,12 +10,17 @@ rates call work, pause or undo on motion they cannot place). A failed episode's 
 from its robot state after the work stops: the hand still = stall, rising = drop, otherwise
 drift (wvm.datagen's three modes).
 
-    python scripts/probe_failures.py NAME=CHECKPOINT [NAME=CHECKPOINT ...] [--bench data/mw_bench_reserved]
+With `--splice`, each failed episode is also scored with a pause and, separately, an undo spliced
+in before its work stops (wvm.data.edit_failed_episode, no lag): a model that reads any pause or
+undo as a sign of success (every rendered suboptimal episode succeeds) scores those as successes.
+
+    python scripts/probe_failures.py NAME=CHECKPOINT [NAME=CHECKPOINT ...] [--bench data/mw_bench_reserved] [--splice]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
@@ -23,6 +28,7 @@ import wvm.model
 from pipelines.weights import episode_summary
 from schemas import labels as spec
 from schemas.ground_truth import SUCCESS_KINDS
+from wvm.data import edit_failed_episode
 from wvm.evaluate import BenchEpisode, load_bench, predict
 from wvm.handlers import LocalHandler
 from wvm.metrics import failure_auroc
@@ -37,10 +43,24 @@ def failure_mode(episode: BenchEpisode, still: float = 0.02) -> str:
     return "drop" if hand[-1, 2] - hand[0, 2] > 0.5 * span else "drift"
 
 
+def spliced(episode: BenchEpisode, kind: str, index: int, rng: np.random.Generator) -> BenchEpisode | None:
+    """The failed `episode` with a pause ("hesitation") or an undo ("retry") before its work
+    stops, as a new episode `index`; None if it stops too early to splice."""
+    steps, truth = edit_failed_episode(np.arange(len(episode.truth)), episode.truth, rng, kinds=(kind,))
+    if len(steps) == len(episode.truth):
+        return None
+    states = None if episode.states is None else episode.states[steps]
+    added = len(steps) - len(episode.truth)
+    return dataclasses.replace(
+        episode, index=index, frames=episode.frames[steps], truth=truth, states=states, seg_start=episode.seg_start + added, seg_end=len(steps) - 1
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="NAME=CHECKPOINT (a value_head 'rates' checkpoint)")
     parser.add_argument("--bench", action="append", help="LeRobot dataset with ground truth beside it (repeatable)")
+    parser.add_argument("--splice", action="store_true", help="also score each failed episode with a pause and with an undo before it stops")
     args = parser.parse_args()
 
     # The head's success probability and rates are internal to progress_from_rates: record them
@@ -54,10 +74,21 @@ def main() -> None:
         return values_from_rates(rates, success, valid)
 
     wvm.model.progress_from_rates = recording
-    groups = ("expert", "hesitation", "retry", "stall", "drift", "drop")
+    groups = ("expert", "hesitation", "retry", "stall", "drift", "drop") + (("failed+pause", "failed+undo") if args.splice else ())
     for bench in args.bench or ["data/mw_bench_reserved"]:
         episodes = load_bench(bench)
-        group = np.array([failure_mode(e) if e.kind == "failed" else e.kind for e in episodes])
+        group = [failure_mode(e) if e.kind == "failed" else e.kind for e in episodes]
+        count = len(episodes)
+        if args.splice:
+            rng = np.random.default_rng(0)
+            next_index = max(e.index for e in episodes) + 1
+            for kind, name in (("hesitation", "failed+pause"), ("retry", "failed+undo")):
+                for e in [e for e in episodes if e.kind == "failed"]:
+                    if (copy := spliced(e, kind, next_index, rng)) is not None:
+                        next_index += 1
+                        episodes.append(copy)
+                        group.append(name)
+        group, rendered = np.array(group), np.arange(len(episodes)) < count
         succeeded = np.array([e.kind in SUCCESS_KINDS for e in episodes])
         print(f"\n{bench}: " + ", ".join(f"{g} {int((group == g).sum())}" for g in groups))
         truth = {g: np.mean([e.truth[-1] for e, k in zip(episodes, group) if k == g]) for g in groups[3:] if (group == g).any()}
@@ -72,7 +103,7 @@ def main() -> None:
             summaries = [episode_summary(values[e.index]) for e in episodes]
             quality = np.array([x[spec.QUALITY] for x in summaries])
             final = np.array([x[spec.FINAL_PROGRESS] for x in summaries])
-            auroc = {k: failure_auroc(v, succeeded) for k, v in (("quality", quality), ("final", final), ("s", s))}
+            auroc = {k: failure_auroc(v[rendered], succeeded[rendered]) for k, v in (("quality", quality), ("final", final), ("s", s))}
             print(f"  {name}: Failure-AUROC by " + ", ".join(f"{k} {v:.3f}" for k, v in auroc.items()))
             for g in groups:
                 at = group == g

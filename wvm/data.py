@@ -128,21 +128,26 @@ def edit_episode(
 
 
 def edit_failed_episode(
-    steps: np.ndarray, truth: np.ndarray, rng: np.random.Generator, max_lag: int = 0, lag_kinds: Sequence[str] = EDIT_KINDS
+    steps: np.ndarray,
+    truth: np.ndarray,
+    rng: np.random.Generator,
+    max_lag: int = 0,
+    lag_kinds: Sequence[str] = EDIT_KINDS,
+    kinds: Sequence[str] = ("hesitation", "retry"),
 ) -> tuple[np.ndarray, np.ndarray]:
     """A pause or an undo spliced into the working part of a failed episode (frames `steps`,
     progress `truth`, which holds from where the work stops). Rendered and edited suboptimal
     episodes all succeed, so without this a pause or an undo is itself evidence of success: v12
     scores failed episodes with an undo spliced in as successes (success probability 0.60
     against 0.18 as rendered; reports/experiments.md, row 71). The splice is `edit_episode`'s
-    hesitation or retry of the frames up to the stop, its label mapped back onto the failed
+    hesitation or retry (drawn from `kinds`) of the frames up to the stop, its label mapped back onto the failed
     episode's own pace: a failure that hesitates holds, one that undoes falls, and neither
     reaches 1. Returns (steps, truth) of the edited episode; unchanged if the work stops
     within the first four frames."""
     stop = int(np.argmax(truth >= truth.max()))
     if stop < 4:
         return steps, truth
-    order, kind, m, end = edit_episode(stop + 1, rng, max_lag, lag_kinds, kinds=("hesitation", "retry"))
+    order, kind, m, end = edit_episode(stop + 1, rng, max_lag, lag_kinds, kinds)
     # the edited prefix's progress in [0, 1] is a position in the failed episode's first `stop` steps
     reached = ground_truth(len(order), kind, m, end) * stop
     rest = np.arange(stop + 1, len(steps))
