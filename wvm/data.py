@@ -140,10 +140,10 @@ def edit_failed_episode(
     episodes all succeed, so without this a pause or an undo is itself evidence of success: v12
     scores failed episodes with an undo spliced in as successes (success probability 0.60
     against 0.18 as rendered; reports/experiments.md, row 71). The splice is `edit_episode`'s
-    hesitation or retry (drawn from `kinds`) of the frames up to the stop, its label mapped back onto the failed
-    episode's own pace: a failure that hesitates holds, one that undoes falls, and neither
-    reaches 1. Returns (steps, truth) of the edited episode; unchanged if the work stops
-    within the first four frames."""
+    hesitation or retry (drawn from `kinds`) of the frames up to the stop, its label mapped
+    back onto the failed episode's own pace: a failure that hesitates holds, one that undoes
+    falls, and neither reaches 1. Returns (steps, truth) of the edited episode; unchanged if
+    the work stops within the first four frames."""
     stop = int(np.argmax(truth >= truth.max()))
     if stop < 4:
         return steps, truth
