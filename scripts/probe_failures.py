@@ -82,8 +82,9 @@ def main() -> None:
         if args.splice:
             rng = np.random.default_rng(0)
             next_index = max(e.index for e in episodes) + 1
+            failed = [e for e in episodes if e.kind == "failed"]  # the rendered ones only
             for kind, name in (("hesitation", "failed+pause"), ("retry", "failed+undo")):
-                for e in [e for e in episodes if e.kind == "failed"]:
+                for e in failed:
                     if (copy := spliced(e, kind, next_index, rng)) is not None:
                         next_index += 1
                         episodes.append(copy)
