@@ -191,6 +191,7 @@ def test_the_sampler_edits_failed_episodes_only_when_asked():
         TrainingEpisode(np.zeros((30, 4, 4, 3), np.uint8), ground_truth(30, k, 20, 29 if k == "failed" else 25).astype(np.float32), "t", k, 10.0, k)
         for k in ("hesitation", "failed")
     ]
+
     def before_the_stop(frames, values):  # frame steps while the label is still below its final hold
         return np.diff(frames)[values[1:] < values[-1] - 1e-6]
 
