@@ -114,6 +114,47 @@ def test_datagen_ground_truth_has_one_progress_per_frame_as_documented(rendered)
     assert progress.max() < 1 and np.ptp(progress[m:]) == 0
 
 
+@pytest.mark.slow  # ~10 s of software rendering
+def test_failed_detour_episodes_pause_or_undo_then_stop_and_are_labelled_failed(tmp_path):
+    """--failed-detour: failures that first hesitate or retry, as real ones do, so a bench can
+    check that a pause or an undo is not itself taken as a sign of success. The frames must
+    show the detour the ground truth describes: the hand holds still where progress is flat
+    before the stop and goes back where it falls."""
+    from pipelines.sources import open_source
+
+    out = tmp_path / "fd"
+    counts = ["--expert=0", "--hesitation=0", "--retry=0", "--failed-detour=4"]
+    result = datagen(out, "--tasks", TASK, *counts, "--size=32", "--workers=1", "--seed=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["episodes"] == 4
+    labels = pq.read_table(str(out) + LABELS_SUFFIX).to_pandas()
+    source = open_source(str(out))
+    detours = set()
+    for episode in source.episodes():
+        group = labels[labels.episode_index == episode.index].sort_values("frame_index")
+        progress, hand = group.gt_progress.to_numpy(), np.stack(list(source.read_frames(episode).state))[:, :3]
+        stop, end = int(group.seg_start.iloc[0]), int(group.seg_end.iloc[0])
+        assert group.kind.unique().tolist() == ["failed"] and end == len(progress) - 1 == episode.length - 1
+        assert progress[0] == 0 and progress.max() < 1 and np.ptp(progress[stop:]) == 0
+        steps = np.diff(progress[: stop + 1])
+        if (steps < 0).any():  # an undo: the hand goes back towards where it started
+            fall = np.flatnonzero(steps < 0)
+            a, b = fall[0], fall[-1] + 1
+            assert (np.diff(fall) == 1).all()
+            away = np.linalg.norm(hand - hand[0], axis=1)  # the hand lags its commands by a frame
+            assert away[a + 1 : b + 2].min() < 0.8 * away[a : b + 1].max()
+            detours.add("retry")
+        else:  # a pause: progress holds for a while before the stop and the hand comes to rest
+            flat = np.flatnonzero(steps == 0)
+            assert len(flat) >= 2 and (np.diff(flat) == 1).all() and flat[0] >= 1
+            a, b = flat[0], flat[-1] + 1
+            speed = np.linalg.norm(np.diff(hand, axis=0), axis=1)  # speed[k]: frame k to k + 1
+            assert speed[b - 1] < 0.3 * speed[a - 1] and np.linalg.norm(hand[stop] - hand[0]) > 0.01
+            detours.add("hesitation")
+        assert (steps[steps != 0] != 0).all() and progress[stop] > 0
+    assert detours == {"hesitation", "retry"}  # seed 5 draws both
+
+
 @pytest.mark.slow  # renders one small episode of a reserved task (~10 s)
 def test_datagen_warns_when_asked_for_a_reserved_task(tmp_path):
     reserved = RESERVED_TASKS[0]

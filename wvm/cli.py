@@ -27,7 +27,13 @@ def _datagen(args: argparse.Namespace) -> dict:
             raise WvmError(f"unknown Meta-World task(s): {sorted(unknown)}")
         if reserved := set(tasks) & set(metaworld.RESERVED_TASKS):
             logging.warning("reserved task(s) %s: use them for evaluation only", sorted(reserved))
-    per_kind = {"expert": args.expert, "hesitation": args.hesitation, "retry": args.retry, "failed": args.failed}
+    per_kind = {
+        "expert": args.expert,
+        "hesitation": args.hesitation,
+        "retry": args.retry,
+        "failed": args.failed,
+        "failed_detour": args.failed_detour,
+    }
     if any(n < 0 for n in per_kind.values()) or not tasks or sum(per_kind.values()) == 0:
         raise WvmError(f"nothing to render: {len(tasks)} task(s), episodes per task {per_kind}")
     if os.path.lexists(args.out):  # a clear error instead of the writer's FileExistsError
@@ -79,6 +85,12 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     mw.add_argument("--hesitation", type=int, default=2, help="hesitation episodes per task")
     mw.add_argument("--retry", type=int, default=2, help="retry episodes per task")
     mw.add_argument("--failed", type=int, default=0, help="failed episodes per task (the task is never completed)")
+    mw.add_argument(
+        "--failed-detour",
+        type=int,
+        default=0,
+        help="failed episodes per task that first pause or undo part of their work, then stop (labelled failed)",
+    )
     mw.add_argument("--seed", type=int, default=0, help="the same seed renders the same episodes and scenes again")
     mw.add_argument(
         "--placement-seed",

@@ -12,6 +12,11 @@ episode, so the model sees several execution speeds), and one of three kinds:
               (holds still), drifts off (moves steadily in a random direction) or drops what it
               holds (opens the gripper and lifts away); the episode lasts as long as the same
               seed's expert episode
+- failed_detour: a failed episode that first pauses or undoes part of its work (a hesitation or
+              retry segment, half each, before the work stops), as real failures often do. Its
+              labels' kind is "failed", so benches score it as a failure; its ground truth
+              follows the hesitation or retry formula up to the stop (scaled to end at the
+              failed value m / (L - 1), L the expert length) and holds from there
 - noisy:      (opt-in, for policy learning) the policy with temporally correlated noise on its
               xyz actions throughout; the recorded actions are the noisy ones actually executed.
               Its ground truth is measured, not modelled: progress at frame t is
@@ -88,6 +93,9 @@ def training_tasks() -> tuple[str, ...]:
 
 
 WAYPOINTS_PREFIX = "waypoints-"
+# Kinds rendered by `_failed_rollout`, and the kind their labels carry where it differs
+FAILED_KINDS = ("failed", "failed_detour")
+LABEL_KIND = {"failed_detour": "failed"}
 
 
 def task_text(env_name: str) -> str:
@@ -333,7 +341,7 @@ class _TaskSimulator:
 
         The action stored with a frame is the one that led to it (zeros for frame 0).
         """
-        if plan.kind == "failed":
+        if plan.kind in FAILED_KINDS:
             return self._failed_rollout(plan, every, *seg)
         obs = self._start(plan.seed)
         images, states, actions, history, snapshots = [], [], [], [], []
@@ -409,9 +417,13 @@ class _TaskSimulator:
         s = np.asarray(steps_to_go, dtype=np.float64)
         return np.clip(1.0 - s / max(s[0], 1.0), 0.0, 1.0)
 
-    def _failed_rollout(self, plan: EpisodePlan, every: int, m: int, length: int) -> Rollout | None:
+    def _failed_rollout(
+        self, plan: EpisodePlan, every: int, m: int, length: int, detour: tuple[str, int, int] | None = None
+    ) -> Rollout | None:
         """The expert until frame m, then a failure mode until `length` frames; None if the
-        task succeeds anyway."""
+        task succeeds anyway. `detour` = (kind, d, x) first pauses ("hesitation") or undoes
+        ("retry") x frames of work after frame d < m; the stop and the end move later by the
+        frames the detour adds (x for a pause, 2x for an undo and its redo)."""
         rng = np.random.default_rng([plan.seed, 7])
         mode = ("stall", "drift", "drop")[int(rng.integers(0, 3))]
         direction = rng.normal(size=3)
@@ -419,26 +431,43 @@ class _TaskSimulator:
         obs = self._start(plan.seed)
         images, states, actions = [self.render()], [obs[self.state_slice].astype(np.float32)], [np.zeros(4, np.float32)]
         last = np.zeros(4, np.float32)
+        history = []
+        kind, d, x = detour or ("", -1, 0)
+        added = {"": 0, "hesitation": x, "retry": 2 * x}[kind]
+        stop, end = m + added, length + added
         step = 0
-        while len(images) < length:
-            step += 1
-            if len(images) <= m:
-                a = np.asarray(self.policy.get_action(obs), dtype=np.float32)
-                last = a
+        while len(images) < end:
+            if len(images) == d + 1:  # the detour, as `rollout` injects it into a successful episode
+                if kind == "hesitation":
+                    injected = [np.array([0, 0, 0, last[3]], np.float32)] * (x * every)
+                else:
+                    injected = [a * np.array([-1, -1, -1, 1], np.float32) for a in reversed(history[-x * every :])]
+                d = -1
+            elif len(images) <= stop:
+                last = np.asarray(self.policy.get_action(obs), dtype=np.float32)
+                history.append(last)
+                injected = [last]
             elif mode == "stall":
-                a = np.array([0, 0, 0, last[3]], np.float32)
+                injected = [np.array([0, 0, 0, last[3]], np.float32)]
             elif mode == "drift":
-                a = np.append(0.6 * direction + 0.1 * rng.normal(size=3), last[3]).astype(np.float32)
+                injected = [np.append(0.6 * direction + 0.1 * rng.normal(size=3), last[3]).astype(np.float32)]
             else:  # drop: open the gripper and lift away
-                a = np.array([0.0, 0.0, 0.5, -1.0], np.float32)
-            obs, _, _, _, info = self.env.step(np.clip(a, -1, 1))
-            if self._succeeded(obs, info):
-                return None
-            if step % every == 0:
-                images.append(self.render())
-                states.append(obs[self.state_slice].astype(np.float32))
-                actions.append(a)
-        return Rollout(plan, _stack_views(images), np.stack(states), np.stack(actions), m, length - 1)
+                injected = [np.array([0.0, 0.0, 0.5, -1.0], np.float32)]
+            for a in injected:
+                step += 1
+                obs, _, _, _, info = self.env.step(np.clip(a, -1, 1))
+                if self._succeeded(obs, info):
+                    return None
+                if step % every == 0 and len(images) < end:
+                    images.append(self.render())
+                    states.append(obs[self.state_slice].astype(np.float32))
+                    actions.append(a)
+        progress = None
+        if detour:  # the detour's formula up to the stop, scaled to the failed value there
+            held = m / (length - 1)
+            before = ground_truth(stop + 1, kind, detour[1], detour[1] + x) * held
+            progress = np.concatenate([before, np.full(end - stop - 1, held)])
+        return Rollout(plan, _stack_views(images), np.stack(states), np.stack(actions), stop, end - 1, progress)
 
 
 def _stack_views(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -503,6 +532,15 @@ def _simulate_task(args: tuple[DatagenConfig, str, list[EpisodePlan]]) -> list[R
             elif plan.kind == "failed":
                 m = int(rng.integers(max(1, int(0.2 * length)), max(2, int(0.8 * length))))
                 seg = (m, length)
+            elif plan.kind == "failed_detour":  # room for the detour before the stop
+                m = int(rng.integers(max(4, int(0.4 * length)), max(5, int(0.8 * length))))
+                if rng.random() < 0.5:
+                    x = int(rng.integers(max(2, length // 5), max(3, length // 2) + 1))
+                    detour = ("hesitation", int(rng.integers(1, m)), x)
+                else:
+                    x = int(rng.integers(2, max(3, m // 3 + 1)))
+                    detour = ("retry", int(rng.integers(x, m)), x)
+                seg = (m, length, detour)
             try:
                 rollout = sim.rollout(EpisodePlan(task, plan.kind, seed), every, seg)
             except Exception as exc:  # a simulator hiccup costs one episode, not the whole job
@@ -525,7 +563,8 @@ def generate(config: DatagenConfig) -> dict:
     for task in config.tasks:
         plans = [
             EpisodePlan(task, kind, int(rng.integers(0, 2**31 - 1)))
-            for kind in (*KINDS, "noisy")  # noisy last: existing seeds keep their plans
+            # new kinds last: existing seeds keep their plans
+            for kind in (*KINDS, "noisy", "failed_detour")
             for _ in range(config.per_kind.get(kind, 0))
         ]
         jobs.append((config, task, plans))
@@ -553,7 +592,7 @@ def generate(config: DatagenConfig) -> dict:
                             truth_schema.EPISODE_INDEX: np.full(T, index),
                             truth_schema.FRAME_INDEX: np.arange(T),
                             truth_schema.GT_PROGRESS: gt,
-                            truth_schema.KIND: [r.plan.kind] * T,
+                            truth_schema.KIND: [LABEL_KIND.get(r.plan.kind, r.plan.kind)] * T,
                             truth_schema.ENV: [env] * T,
                             truth_schema.SEG_START: np.full(T, r.seg_start),
                             truth_schema.SEG_END: np.full(T, r.seg_end),
