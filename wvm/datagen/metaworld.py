@@ -358,12 +358,7 @@ class _TaskSimulator:
         m, x = seg if seg else (-1, 0)
         for step in range(1, self.max_steps + 1):
             if seg and len(images) == m + 1:
-                if plan.kind == "hesitation":
-                    hold = np.zeros(4, dtype=np.float32)
-                    hold[3] = history[-1][3] if history else -1.0
-                    injected = [hold] * (x * every)
-                else:  # retry: undo the last x frames of motion, newest first
-                    injected = [a * np.array([-1, -1, -1, 1], np.float32) for a in reversed(history[-x * every :])]
+                injected = _detour_actions(plan.kind, x * every, history)
                 for i, a in enumerate(injected, 1):
                     obs, *_ = self.env.step(a)
                     if i % every == 0:
@@ -438,11 +433,7 @@ class _TaskSimulator:
         step = 0
         while len(images) < end:
             if len(images) == d + 1:  # the detour, as `rollout` injects it into a successful episode
-                if kind == "hesitation":
-                    injected = [np.array([0, 0, 0, last[3]], np.float32)] * (x * every)
-                else:
-                    injected = [a * np.array([-1, -1, -1, 1], np.float32) for a in reversed(history[-x * every :])]
-                d = -1
+                injected, d = _detour_actions(kind, x * every, history), -1
             elif len(images) <= stop:
                 last = np.asarray(self.policy.get_action(obs), dtype=np.float32)
                 history.append(last)
@@ -468,6 +459,16 @@ class _TaskSimulator:
             before = ground_truth(stop + 1, kind, detour[1], detour[1] + x) * held
             progress = np.concatenate([before, np.full(end - stop - 1, held)])
         return Rollout(plan, _stack_views(images), np.stack(states), np.stack(actions), stop, end - 1, progress)
+
+
+def _detour_actions(kind: str, steps: int, history: list[np.ndarray]) -> list[np.ndarray]:
+    """The env actions of a pause ("hesitation": the arm holds still, the gripper as it was) or
+    an undo ("retry": the last `steps` xyz actions negated, newest first) after `history`."""
+    if kind == "hesitation":
+        hold = np.zeros(4, dtype=np.float32)
+        hold[3] = history[-1][3] if history else -1.0
+        return [hold] * steps
+    return [a * np.array([-1, -1, -1, 1], np.float32) for a in reversed(history[-steps:])]
 
 
 def _stack_views(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
