@@ -147,3 +147,37 @@ def test_reversed_episodes_need_a_model_that_ignores_the_task_text(tmp_path):
     with pytest.raises(ValueError, match="reverse_p"):
         tiny_config(tmp_path / "store", reverse_p=0.3)
     assert tiny_config(tmp_path / "store", reverse_p=0.3, model={"reads_text": False}).reverse_p == 0.3
+
+
+def test_training_and_eval_read_the_labels_own_progress(tmp_path, store):
+    """A rendered failure that pauses before it stops (datagen --failed-detour) holds in its pause,
+    which the failed kind's formula for its segment would not: training and `wvm eval` take the
+    labels table's progress, and a table that does not fit its episode is a clear error."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipelines.errors import WvmError
+    from schemas import ground_truth as gt
+    from wvm.data import load_episodes
+    from wvm.evaluate import load_bench
+
+    table = pq.read_table(METAWORLD_LABELS).to_pandas()
+    first = table[gt.EPISODE_INDEX] == table[gt.EPISODE_INDEX].min()
+    T = int(first.sum())
+    stop, held = T // 2, 0.4
+    detour = np.concatenate([np.linspace(0, 0.2, 4), np.full(3, 0.2), np.linspace(0.2, held, stop - 6)[1:], np.full(T - stop, held)])
+    assert len(detour) == T
+    table.loc[first, gt.GT_PROGRESS] = detour
+    table.loc[first, gt.KIND], table.loc[first, gt.SEG_START], table.loc[first, gt.SEG_END] = "failed", stop, T - 1
+    labels = tmp_path / "detour.labels.parquet"
+    table.to_parquet(labels)
+
+    trained = {e.source.split("#")[1].split("/")[0]: e for e in load_episodes(str(store), str(labels))}
+    np.testing.assert_allclose(trained[str(table[gt.EPISODE_INDEX].min())].values, detour, atol=1e-6)
+    scored = {e.index: e for e in load_bench(str(METAWORLD_MINI), str(labels))}
+    assert scored[int(table[gt.EPISODE_INDEX].min())].kind == "failed"
+    np.testing.assert_allclose(scored[int(table[gt.EPISODE_INDEX].min())].truth, detour)
+
+    table[~(first & (table[gt.FRAME_INDEX] == T - 1))].to_parquet(labels)  # one label short
+    with pytest.raises(WvmError, match=f"episode {table[gt.EPISODE_INDEX].min()} has {T - 1} labels for {T} frames"):
+        load_bench(str(METAWORLD_MINI), str(labels))

@@ -37,8 +37,8 @@ EVERY_CAMERA = "all"  # DataSpec.camera: each camera of an episode is a training
 
 
 def load_episodes(store_url: str, labels_url: str | None = None, camera: str | None = None) -> list[TrainingEpisode]:
-    """Every episode of an episode store with its ground truth: from a labels table when one
-    is given, else normalised time t/(T-1) (the expert-data target). `camera`: one camera key
+    """Every episode of an episode store with its ground truth: a labels table's progress when
+    one is given, else normalised time t/(T-1) (the expert-data target). `camera`: one camera key
     (default: each episode's first) or EVERY_CAMERA, the same motion seen from each viewpoint."""
     from pipelines.store import EpisodeStore
 
@@ -51,8 +51,9 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
         if label is not None:
             if len(label) != length:
                 raise ValueError(f"{labels_url}: episode {index} has {len(label)} labels for {length} frames")
-            kind = str(label[gt.KIND].iloc[0])
-            values = ground_truth(length, kind, int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0]))
+            # the table's own progress: rendered failures that pause or undo first, and measured
+            # ground truth, follow no single formula of their kind and segment
+            kind, values = str(label[gt.KIND].iloc[0]), label[gt.GT_PROGRESS].to_numpy(np.float64)
         else:
             kind, values = "expert", ground_truth(length, "expert")
         cameras = row[layout.CAMERAS] if camera == EVERY_CAMERA else [camera or row[layout.CAMERAS][0]]

@@ -64,15 +64,18 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
         label = truth.get(episode.index) if truth is not None else None
         if truth is not None and label is None:
             continue
+        table = source.read_frames(episode)
         if label is None:
-            kind, m, n = "expert", -1, -1
+            kind, m, n, progress = "expert", -1, -1, ground_truth(len(table), "expert")
         else:
             kind, m, n = str(label[gt.KIND].iloc[0]), int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0])
-            if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no formula to score against
+            if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no metric scores them
                 continue
-        table = source.read_frames(episode)
+            if len(label) != len(table):
+                raise WvmError(f"{dataset}: episode {episode.index} has {len(label)} labels for {len(table)} frames")
+            progress = label[gt.GT_PROGRESS].to_numpy(np.float64)
         frames = np.stack(list(source.decode(episode, camera, table, np.arange(len(table)))))
-        episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, ground_truth(len(frames), kind, m, n), table.state))
+        episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, progress, table.state))
     return episodes
 
 
