@@ -153,6 +153,8 @@ def test_training_and_eval_read_the_labels_own_progress(tmp_path, store):
     """A rendered failure that pauses before it stops (datagen --failed-detour) holds in its pause,
     which the failed kind's formula for its segment would not: training and `wvm eval` take the
     labels table's progress, and a table that does not fit its episode is a clear error."""
+    import re
+
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -179,5 +181,6 @@ def test_training_and_eval_read_the_labels_own_progress(tmp_path, store):
     np.testing.assert_allclose(scored[int(table[gt.EPISODE_INDEX].min())].truth, detour)
 
     table[~(first & (table[gt.FRAME_INDEX] == T - 1))].to_parquet(labels)  # one label short
-    with pytest.raises(WvmError, match=f"episode {table[gt.EPISODE_INDEX].min()} has {T - 1} labels for {T} frames"):
+    short = f"{labels}: episode {table[gt.EPISODE_INDEX].min()} of {METAWORLD_MINI} has {T - 1} labels for {T} frames"
+    with pytest.raises(WvmError, match=re.escape(short)):
         load_bench(str(METAWORLD_MINI), str(labels))

@@ -55,7 +55,8 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
     `labels="expert"` for a dataset of demonstrations without labels, e.g. a real robot's,
     scored by Expert-VOC only)."""
     source = open_source(dataset)
-    truth = None if labels == EXPERT_ONLY else ground_truth_by_episode(labels or dataset.rstrip("/") + LABELS_SUFFIX)
+    labels = labels or dataset.rstrip("/") + LABELS_SUFFIX
+    truth = None if labels == EXPERT_ONLY else ground_truth_by_episode(labels)
     camera = camera or source.default_camera()
     if camera not in source.cameras:
         raise WvmError(f"{dataset}: no camera {camera!r} to score (it has {source.cameras})")
@@ -72,7 +73,7 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
             if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no metric scores them
                 continue
             if len(label) != len(table):
-                raise WvmError(f"{dataset}: episode {episode.index} has {len(label)} labels for {len(table)} frames")
+                raise WvmError(f"{labels}: episode {episode.index} of {dataset} has {len(label)} labels for {len(table)} frames")
             progress = label[gt.GT_PROGRESS].to_numpy(np.float64)
         frames = np.stack(list(source.decode(episode, camera, table, np.arange(len(table)))))
         episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, progress, table.state))
