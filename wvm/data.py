@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipelines import fs as fsx
+from pipelines.errors import WvmError
 from pipelines.windows import sample_positions
 from schemas import episode_store as layout
 from schemas import ground_truth as gt
@@ -49,11 +50,7 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
         index, length = row[layout.SOURCE_EPISODE_INDEX], row[layout.LENGTH]
         label = labels.get(index)
         if label is not None:
-            if len(label) != length:
-                raise ValueError(f"{labels_url}: episode {index} has {len(label)} labels for {length} frames")
-            # the table's own progress: rendered failures that pause or undo first, and measured
-            # ground truth, follow no single formula of their kind and segment
-            kind, values = str(label[gt.KIND].iloc[0]), label[gt.GT_PROGRESS].to_numpy(np.float64)
+            kind, values = labelled_progress(label, length, f"{labels_url}: episode {index}")
         else:
             kind, values = "expert", ground_truth(length, "expert")
         cameras = row[layout.CAMERAS] if camera == EVERY_CAMERA else [camera or row[layout.CAMERAS][0]]
@@ -79,6 +76,16 @@ def ground_truth_by_episode(labels_url: str) -> dict:
     fs, path = fsx.filesystem(labels_url)
     table = conform(fsx.read_parquet(fs, path), GROUND_TRUTH, labels_url).to_pandas()
     return {int(i): g.sort_values(gt.FRAME_INDEX) for i, g in table.groupby(gt.EPISODE_INDEX)}
+
+
+def labelled_progress(label, length: int, where: str) -> tuple[str, np.ndarray]:
+    """An episode's kind and per-frame progress from its rows of a labels table (one of
+    `ground_truth_by_episode`'s values), checked against its `length` frames. The table's own
+    progress, not its kind's formula: rendered failures that pause or undo first, and measured
+    ground truth, follow no single formula of their kind and segment."""
+    if len(label) != length:
+        raise WvmError(f"{where} has {len(label)} labels for {length} frames")
+    return str(label[gt.KIND].iloc[0]), label[gt.GT_PROGRESS].to_numpy(np.float64)
 
 
 EDIT_KINDS = ("hesitation", "retry", "failed")

@@ -18,7 +18,7 @@ from pipelines.windows import EpisodeChain, label_episodes
 from schemas import ground_truth as gt
 from schemas import labels as spec
 from schemas.ground_truth import KINDS, LABELS_SUFFIX, SUCCESS_KINDS
-from wvm.data import ground_truth_by_episode
+from wvm.data import ground_truth_by_episode, labelled_progress
 from wvm.handlers import ValueModelHandler
 from wvm.metrics import episode_metric, failure_auroc, ground_truth
 
@@ -65,16 +65,14 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
         label = truth.get(episode.index) if truth is not None else None
         if truth is not None and label is None:
             continue
+        if label is not None and str(label[gt.KIND].iloc[0]) not in KINDS:
+            continue  # e.g. the policy bench's noisy episodes: no metric scores them
         table = source.read_frames(episode)
         if label is None:
             kind, m, n, progress = "expert", -1, -1, ground_truth(len(table), "expert")
         else:
-            kind, m, n = str(label[gt.KIND].iloc[0]), int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0])
-            if kind not in KINDS:  # e.g. the policy bench's noisy episodes: no metric scores them
-                continue
-            if len(label) != len(table):
-                raise WvmError(f"{labels}: episode {episode.index} of {dataset} has {len(label)} labels for {len(table)} frames")
-            progress = label[gt.GT_PROGRESS].to_numpy(np.float64)
+            m, n = int(label[gt.SEG_START].iloc[0]), int(label[gt.SEG_END].iloc[0])
+            kind, progress = labelled_progress(label, len(table), f"{labels}: episode {episode.index} of {dataset}")
         frames = np.stack(list(source.decode(episode, camera, table, np.arange(len(table)))))
         episodes.append(BenchEpisode(episode.index, episode.task, kind, m, n, source.fps, frames, progress, table.state))
     return episodes
