@@ -12,7 +12,7 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, STATE_FEATURES, state_features, step_classes
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StateSuccess, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, STATE_FEATURES, state_features, step_classes
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -392,6 +392,41 @@ def test_state_rates_learn_pauses_and_undos_from_the_state_alone():
     with torch.no_grad():
         judged = model.value.state_rates(batch.states, batch.valid).argmax(-1)
     assert judged[0, 9:13].eq(1).all() and judged[1, 9:11].eq(2).all() and judged[0, 2:6].eq(0).all()
+
+
+def test_state_success_judges_the_whole_episode_from_the_state_alone():
+    """value_state_success: StateSuccess trains on whether the ground truth reaches 1 (its own
+    loss term, episodes with a state only) and tells a success from an arm that drifts off once
+    the work stops; its verdict moves the success probability, and without a state it does not."""
+    model = small_model(**V3, value_reads_state=True, value_reads_state_rates=True, value_state_success=True)
+    batch = random_batch(model.config, b=4)
+    b, n = batch.values.shape
+    batch.valid = torch.ones(b, n, dtype=torch.bool)
+    ramp = torch.arange(n, dtype=torch.float32) / (n - 1)
+    path = torch.zeros(b, n, 4)
+    path[..., 0] = ramp * 10  # steady work to the end, then (rows 2, 3) a drift once the work stops
+    path[2:, 14:, 1] = (torch.arange(n - 14.0) + 1) * 3
+    path[2:, 14:, 0] = path[2:, 13:14, 0]
+    batch.values = torch.stack([ramp, ramp, ramp.clamp(max=ramp[13]), ramp.clamp(max=ramp[13])])
+    batch.states = path
+    loss, info = model.train().loss(batch)
+    loss.backward()
+    assert "state_success" in info and model.value.state_success.out.weight.grad.abs().sum() > 0
+    optimizer = torch.optim.Adam(model.value.state_success.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        model.loss(batch)[0].backward()
+        optimizer.step()
+    with torch.no_grad():
+        verdict = model.value.state_success(batch.states, batch.valid)
+        _, _, success, *_ = model.eval().joint(batch.latents, torch.ones(b, n), batch.text, batch.values, torch.ones(b), batch.valid, states=batch.states)
+        _, _, blind, *_ = model.joint(batch.latents, torch.ones(b, n), batch.text, batch.values, torch.ones(b), batch.valid, states=None)
+    assert verdict[:2].min() > 0 > verdict[2:].max()
+    assert success[:2].min() > success[2:].max()  # the verdict moves the success probability...
+    assert not torch.allclose(success, blind)  # ...which without a state is the frames' alone
+    assert StateSuccess.loss(verdict, torch.tensor([True, True, False, False]), torch.tensor([False] * 4)) == 0
+    with pytest.raises(ValueError, match="value_state_success needs"):
+        small_model(**V3, value_state_success=True)
 
 
 def test_state_read_only_through_state_rates_judgement():
