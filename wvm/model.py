@@ -13,7 +13,8 @@ every layer (Mixture-of-Transformers: separate weights, one attention):
   the same way. Each value token also reads its own frame, how it moved from the previous
   sample and how far it is from the first and last samples (`motion_distances`), and, where the
   episode records a robot state, the arm's own motion (`state_features`, v9), or since v12 only
-  a small judge's reading of it as work, pause or undo (`StateRates`).
+  a small judge's reading of it as work, pause or undo (`StateRates`); a second judge reads the
+  whole episode's state as succeeded or failed (`StateSuccess`), added to the success logit.
 
 What the value stream predicts (`value_head`). v2 predicted each value directly and gave every
 token its position in the episode: it learnt the time ramp and ignored the frames
