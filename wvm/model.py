@@ -108,9 +108,10 @@ class WVMConfig:
     value_state_rates_crossfit: bool = False
     # ...and, with the "rates" head, a judgement of the whole episode as succeeded or failed from
     # the state's motion alone (StateSuccess, trained on whether the ground truth reaches 1; its
-    # logit, detached, is added to the success head's). A small judge on the state did this on
-    # unseen tasks at AUROC 0.92-0.95 where the full model's success probability got 0.88, and
-    # 0.89-0.97 on failures that drift off, which the model judged at chance (experiments row 74)
+    # logit, detached, is added to the success head's through a learnt weight). Alone it told
+    # unseen tasks' failures from successes at AUROC 0.94-0.95 where v12's success probability
+    # got 0.91, and drifts after a pause or undo at 0.79 where v12 was at chance (experiment log,
+    # the probe before row 74; row 74 for the model with it)
     value_state_success: bool = False
     # False (with value_reads_state_rates): the tokens read the state only through StateRates'
     # judgement, not state_features themselves. Row 66's tokens, reading both, turned a lift that
