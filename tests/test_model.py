@@ -361,6 +361,15 @@ def test_step_classes_by_hand():
     assert step_classes(values, valid).tolist() == [[-1, 0, 0, 1, 2, 0, 0, -1]]
 
 
+def train_part(model: WorldValueModel, batch: Batch, part: torch.nn.Module, steps: int) -> None:
+    """Adam steps of the model's whole loss on one part's weights only."""
+    optimizer = torch.optim.Adam(part.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.loss(batch)[0].backward()
+        optimizer.step()
+
+
 def test_state_rates_learn_pauses_and_undos_from_the_state_alone():
     """value_reads_state_rates: StateRates trains on the ground truth's steps (its own loss term;
     the value tokens read its probabilities detached) and tells a still arm and a retraced path
@@ -384,11 +393,7 @@ def test_state_rates_learn_pauses_and_undos_from_the_state_alone():
     loss, info = model.train().loss(batch)
     loss.backward()
     assert "state_steps" in info and model.value.state_rates.net[0].weight.grad.abs().sum() > 0
-    optimizer = torch.optim.Adam(model.value.state_rates.parameters(), lr=1e-2)
-    for _ in range(150):
-        optimizer.zero_grad()
-        model.loss(batch)[0].backward()
-        optimizer.step()
+    train_part(model, batch, model.value.state_rates, steps=150)
     with torch.no_grad():
         judged = model.value.state_rates(batch.states, batch.valid).argmax(-1)
     assert judged[0, 9:13].eq(1).all() and judged[1, 9:11].eq(2).all() and judged[0, 2:6].eq(0).all()
@@ -412,11 +417,7 @@ def test_state_success_judges_the_whole_episode_from_the_state_alone():
     loss, info = model.train().loss(batch)
     loss.backward()
     assert "state_success" in info and model.value.state_success.out.weight.grad.abs().sum() > 0
-    optimizer = torch.optim.Adam(model.value.state_success.parameters(), lr=1e-2)
-    for _ in range(60):
-        optimizer.zero_grad()
-        model.loss(batch)[0].backward()
-        optimizer.step()
+    train_part(model, batch, model.value.state_success, steps=60)
     with torch.no_grad():
         verdict = model.value.state_success(batch.states, batch.valid)
         _, _, success, *_ = model.eval().joint(batch.latents, torch.ones(b, n), batch.text, batch.values, torch.ones(b), batch.valid, states=batch.states)
