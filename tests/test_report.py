@@ -207,4 +207,4 @@ def test_report_numbers_match_the_labels_and_its_plots_are_real(metaworld_copy, 
     assert all(tinted(curves, c) > 100 for c in TAB10[:7]) and tinted(curves, "#bcbd22") == 0
     # one dot per compared episode, all in the first colour
     change = pictures["Change against the previous model version"]
-    assert tinted(change, TAB10[0]) > 100 and tinted(change, TAB10[1]) == 0
+    assert tinted(change, TAB10[0]) > 40 and tinted(change, TAB10[1]) == 0  # dots may overlap
