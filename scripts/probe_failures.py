@@ -34,9 +34,9 @@ from wvm.handlers import LocalHandler
 from wvm.metrics import failure_auroc
 
 
-def failure_mode(episode: BenchEpisode, still: float = 0.02) -> str:
-    """stall / drop / drift from the hand's xyz (the first 3 state dimensions) after the work stops."""
-    hand = episode.states[max(episode.seg_start, 0) :, :3]
+def failure_mode(states: np.ndarray, stop: int, still: float = 0.02) -> str:
+    """stall / drop / drift from the hand's xyz (the first 3 state dimensions) after the work stops at `stop`."""
+    hand = np.asarray(states)[max(stop, 0) :, :3]
     span = float(np.linalg.norm(hand[-1] - hand[0]))
     if span < still:
         return "stall"
@@ -77,7 +77,7 @@ def main() -> None:
     groups = ("expert", "hesitation", "retry", "stall", "drift", "drop") + (("failed+pause", "failed+undo") if args.splice else ())
     for bench in args.bench or ["data/mw_bench_reserved"]:
         episodes = load_bench(bench)
-        group = [failure_mode(e) if e.kind == "failed" else e.kind for e in episodes]
+        group = [failure_mode(e.states, e.seg_start) if e.kind == "failed" else e.kind for e in episodes]
         count = len(episodes)
         if args.splice:
             rng = np.random.default_rng(0)

@@ -28,20 +28,13 @@ from wvm.data import ground_truth_by_episode
 from wvm.metrics import auroc
 from wvm.model import STATE_AHEAD_FEATURES, STATE_FEATURES, StateSuccess, state_features
 
+from probe_failures import failure_mode  # scripts/, the directory python puts first on the path
+
 SAMPLES = 24
 
 
 def sampled(states: np.ndarray) -> np.ndarray:
     return np.asarray(states, np.float32)[np.linspace(0, len(states) - 1, SAMPLES).round().astype(int)]
-
-
-def failure_mode(states: np.ndarray, stop: int) -> str:
-    """stall / drop / drift from the hand's xyz after the work stops (as scripts/probe_failures.py)."""
-    hand = np.asarray(states)[max(stop, 0) :, :3]
-    span = float(np.linalg.norm(hand[-1] - hand[0]))
-    if span < 0.02:
-        return "stall"
-    return "drop" if hand[-1, 2] - hand[0, 2] > 0.5 * span else "drift"
 
 
 def training_states(store_url: str, labels_url: str) -> tuple[list[np.ndarray], list[bool]]:
