@@ -54,7 +54,7 @@ def model_only(handler, sampled: dict) -> float:
         return None if states[c.key] is None else states[c.key][np.searchsorted(c.samples, idx)]
 
     start = time.perf_counter()
-    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.run_batch_with_ood, 64, fetch_states)
+    label_episodes(chains, lambda c, idx: images[c.key][np.searchsorted(c.samples, idx)], handler.answer_batch, 64, fetch_states)
     return time.perf_counter() - start
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from pipelines.errors import WvmError
 from pipelines.windows import WindowGeometry
+from schemas.inference import EpisodeAnswers
 
 # backend -> "module:Class" of its handler, imported only when a handler is built
 HANDLERS: dict[str, str] = {
@@ -42,13 +43,11 @@ class ValueModelHandler(Protocol):
         the backend allows (a run's driver needs only this; its workers load the model)."""
         ...
 
-    def run_batch_with_ood(
-        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def answer_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> EpisodeAnswers:
         """frames uint8 (B, N, H, W, 3): each episode's samples; texts: B task strings; lengths
         int32 (B,): real samples per episode; states: optional float32 (B, N, S) robot state at
-        the samples (schemas/inference.py STATE). Returns float32 values (B, N) in [0, 1] and
-        each episode's out-of-distribution score (B,)."""
+        the samples (schemas/inference.py STATE). Returns float32 values (B, N) in [0, 1], each
+        episode's out-of-distribution score (B,) and its probability of success (B,)."""
         ...
 
     def close(self) -> None: ...

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pipelines import fs as fsx
 from pipelines.errors import WvmError
 from pipelines.lease import holds_data
-from pipelines.store import ensure_groups, open_zarr_group, read_failures, update_failures, utcnow, write_group_if_absent
+from pipelines.store import ensure_groups, open_zarr_group, read_failures, update_failures, utcnow, write_group, write_group_if_absent
 from pipelines.weights import AdvantageHistogram, top_weights
 from schemas import labels as spec
 from schemas.validate import conform
@@ -44,11 +44,15 @@ class LabelsStore:
         if self.fs.exists(marker):
             with self.fs.open(marker, "rb") as f:
                 info = json.load(f)
-            if any(info.get(key) != value for key, value in spec.ROOT_ATTRS.items()):
+            version = info.get(spec.ATTR_SCHEMA_VERSION)
+            if info.get(spec.ATTR_FORMAT) != spec.LABELS_FORMAT or version not in (spec.LABELS_SCHEMA_VERSION, *spec.UPGRADES_FROM):
                 raise LabelsError(
-                    f"{marker}: labels of format {info.get(spec.ATTR_FORMAT)!r} schema version {info.get(spec.ATTR_SCHEMA_VERSION)!r}; "
-                    f"this wvm reads {spec.LABELS_FORMAT!r} version {spec.LABELS_SCHEMA_VERSION}. Use another --out."
+                    f"{marker}: labels of format {info.get(spec.ATTR_FORMAT)!r} schema version {version!r}; this wvm reads "
+                    f"{spec.LABELS_FORMAT!r} versions {', '.join(map(str, (*spec.UPGRADES_FROM, spec.LABELS_SCHEMA_VERSION)))}. Use another --out."
                 )
+            if create and version != spec.LABELS_SCHEMA_VERSION:  # a run writes here: upgrade (parts read as before)
+                fsx.write_json_atomic(self.fs, marker, spec.ROOT_ATTRS)
+                write_group(self.fs, self.root, spec.ROOT_ATTRS)
         elif create:
             if holds_data(self.fs, self.root):
                 raise LabelsError(f"{self.url}: not empty and not a wvm labels directory; refusing to write into it")
@@ -198,6 +202,9 @@ class VersionLabels:
             return cached[1], cached[2]
         raw = fsx.read_parquet(self.fs, path)
         histogram = _histogram_from((raw.schema.metadata or {}).get(spec.HISTOGRAM_KEY))
+        for column, value in spec.EPISODES_ADDED.items():  # a part written before the column existed
+            if column not in raw.column_names:
+                raw = raw.append_column(column, pa.array(np.full(raw.num_rows, value), spec.EPISODES.field(column).type))
         table = conform(raw, spec.EPISODES, path)
         self._episodes_cache[pid] = (token, table, histogram)
         return table, histogram

@@ -140,9 +140,12 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         plt.close(fig)
         images.append(("Change against the previous model version", "plots/model_change.png"))
 
+    if len(episodes):  # judged failed: success probability under one half (NaN: the model gives none)
+        success = episodes[spec.SUCCESS_PROBABILITY] if spec.SUCCESS_PROBABILITY in episodes else pd.Series(np.nan, episodes.index)
+        episodes = episodes.assign(judged_failed=success < 0.5)
     counts = (
         episodes.groupby([spec.EMBODIMENT, spec.TASK]).agg(episodes=(spec.EPISODE_ID, "count"), frames=(spec.LENGTH, "sum"),
-                                                           mean_quality=(spec.QUALITY, "mean")).reset_index()
+                                                           mean_quality=(spec.QUALITY, "mean"), judged_failed=("judged_failed", "sum")).reset_index()
         if len(episodes) else pd.DataFrame()
     )  # fmt: skip
     untrusted = (
@@ -157,12 +160,14 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         "untrusted": int(len(untrusted)),
         "frames": int(episodes[spec.LENGTH].sum()) if len(episodes) else 0,
         "mean_quality": float(episodes[spec.QUALITY].mean()) if len(episodes) else None,
+        "judged_failed": int(episodes["judged_failed"].sum()) if len(episodes) else 0,
         "failures": int(len(failures)),
         "by_source": {
             str(name): {
                 "episodes": int(len(group)),
                 "mean_quality": float(group[spec.QUALITY].mean()),
                 "untrusted": int((~group[spec.TRUSTED]).sum()) if spec.TRUSTED in group else 0,
+                "judged_failed": int(group["judged_failed"].sum()),
             }
             for name, group in (episodes.groupby("source") if len(episodes) else [])
         },
@@ -195,6 +200,7 @@ def _html(title, summary, images, counts, failures, changes, untrusted) -> str:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{summary['episodes']} episodes, {summary['frames']} frames, mean quality "
              f"{summary['mean_quality'] if summary['mean_quality'] is None else round(summary['mean_quality'], 3)}, "
+             f"{summary['judged_failed']} judged failed by the model (success probability under 0.5), "
              f"{summary['failures']} failures, {summary['untrusted']} episodes flagged untrusted. Models: {html.escape(json.dumps(summary['versions']))}. "
              f"Generated {summary['generated_at']}.</p>"]  # fmt: skip
     if len(untrusted):
@@ -203,11 +209,11 @@ def _html(title, summary, images, counts, failures, changes, untrusted) -> str:
             f"<p>Their frames' out-of-distribution score is above {spec.OOD_TRUST_LIMIT} (1 = as unfamiliar as the "
             "least familiar 1% of training frames). Their labels are written, flagged <code>trusted = false</code> in "
             "episodes.parquet; check them before training on them.</p>"
-            + _table(untrusted, ["source", spec.EPISODE_INDEX, spec.TASK, spec.EMBODIMENT, spec.OOD_SCORE, spec.QUALITY], 50)
+            + _table(untrusted, ["source", spec.EPISODE_INDEX, spec.TASK, spec.EMBODIMENT, spec.OOD_SCORE, spec.SUCCESS_PROBABILITY, spec.QUALITY], 50)
         )
     for caption, path in images:
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{path}'>")
-    parts.append("<h2>Episodes per embodiment and task</h2>" + _table(counts, [spec.EMBODIMENT, spec.TASK, "episodes", "frames", "mean_quality"]))
+    parts.append("<h2>Episodes per embodiment and task</h2>" + _table(counts, [spec.EMBODIMENT, spec.TASK, "episodes", "frames", "mean_quality", "judged_failed"]))
     parts.append("<h2>Failures</h2>" + _table(failures, ["source", "phase", layout.SOURCE_EPISODE_INDEX, layout.FILE, layout.ERROR, layout.REASON, layout.FAILED_AT]))
     if len(changes):
         changes = changes.assign(delta=changes[spec.QUALITY] - changes[QUALITY_BEFORE]).sort_values("delta")

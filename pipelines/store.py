@@ -61,10 +61,14 @@ def write_group_if_absent(fs, path: str, attributes: dict | None = None) -> None
     at once: the metadata is written whole (atomic rename / single PUT), every writer of a
     given group writes the same bytes, and an existing group, attributes included, is never
     rewritten. (zarr.open_group(mode="a") is not: a racing creator gets ContainsGroupError.)"""
-    metadata = fsx.join(path, ZARR_JSON)
-    if not fs.exists(metadata):
-        group = {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
-        fsx.atomic_write_bytes(fs, metadata, json.dumps(group, indent=2, sort_keys=True).encode())
+    if not fs.exists(fsx.join(path, ZARR_JSON)):
+        write_group(fs, path, attributes)
+
+
+def write_group(fs, path: str, attributes: dict | None = None) -> None:
+    """Make directory `path` a Zarr v3 group with `attributes`, replacing its metadata whole."""
+    group = {"zarr_format": 3, "node_type": "group", "attributes": attributes or {}}
+    fsx.atomic_write_bytes(fs, fsx.join(path, ZARR_JSON), json.dumps(group, indent=2, sort_keys=True).encode())
 
 
 def ensure_groups(url: str, *parts: str) -> None:

@@ -128,21 +128,28 @@ class AdvantageHistogram:
         return histogram
 
 
-def episode_summary(values: np.ndarray) -> dict:
+def episode_summary(values: np.ndarray, success: float = float("nan")) -> dict:
     """final / max progress, monotonicity (VOC against time), flat and falling fractions of
-    frame steps, and quality = final * (1 - falling) * (1 - flat / 2), all in [0, 1]
-    (monotonicity in [-1, 1])."""
+    frame steps, the model's `success` probability (NaN: the model has none), and
+    quality = success * (1 - falling) * (1 - flat / 2), with final progress standing in for
+    success where the model has none; all in [0, 1] (monotonicity in [-1, 1]).
+
+    Why success rather than final progress (reports/experiments.md row 76): a failed episode's
+    values can climb far before the work stops; the model's success judgement, which reads the
+    whole episode, tells unseen tasks' failures from successes better than where the values end."""
     v = np.asarray(values, dtype=np.float64)
     steps = np.diff(v)
     rate = spec.FLAT_RATE / max(len(v) - 1, 1)
     flat = float(np.mean(np.abs(steps) < rate)) if len(steps) else 0.0
     falling = float(np.mean(steps < -rate)) if len(steps) else 0.0
     final = float(v[-1])
+    succeeded = final if np.isnan(success) else float(success)
     return {
         spec.FINAL_PROGRESS: final,
         spec.MAX_PROGRESS: float(v.max()),
         spec.MONOTONICITY: expert_voc(v),
         spec.FLAT_FRACTION: flat,
         spec.FALLING_FRACTION: falling,
-        spec.QUALITY: final * (1.0 - falling) * (1.0 - flat / 2.0),
+        spec.SUCCESS_PROBABILITY: float(success),
+        spec.QUALITY: succeeded * (1.0 - falling) * (1.0 - flat / 2.0),
     }

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.inference import stack_states
+from schemas.inference import EpisodeAnswers, stack_states
 
 
 def sample_positions(length: int, samples: int) -> np.ndarray:
@@ -56,6 +56,7 @@ class EpisodeChain:
     samples: np.ndarray = field(init=False)
     sample_values: np.ndarray | None = field(init=False, default=None)
     ood: float = field(init=False, default=float("nan"))  # out-of-distribution score (schemas/inference.py)
+    success: float = field(init=False, default=float("nan"))  # probability of success (schemas/inference.py)
 
     def __post_init__(self):
         if self.length < 1:
@@ -72,9 +73,9 @@ class EpisodeChain:
         padded = np.concatenate([self.samples, np.full(n - len(self.samples), self.samples[-1])])
         return padded.astype(np.int64), len(self.samples)
 
-    def add(self, values: np.ndarray, ood: float = float("nan")) -> None:
+    def add(self, values: np.ndarray, ood: float = float("nan"), success: float = float("nan")) -> None:
         self.sample_values = np.asarray(values, dtype=np.float64)[: len(self.samples)]
-        self.ood = float(ood)
+        self.ood, self.success = float(ood), float(success)
 
     def frame_values(self) -> np.ndarray:
         """float32 (length,) values for every frame."""
@@ -86,8 +87,8 @@ FrameFetcher = Callable[[EpisodeChain, np.ndarray], np.ndarray]
 # robot states for (chain, frame indices) -> float32 (K, S), or None when the episode has none
 StateFetcher = Callable[[EpisodeChain, np.ndarray], "np.ndarray | None"]
 # (frames (B, N, H, W, 3) uint8, texts, real sample counts (B,)[, states (B, N, S)]) ->
-# (values (B, N), OOD (B,)): a handler's run_batch_with_ood
-EpisodePredictor = Callable[..., tuple[np.ndarray, np.ndarray]]
+# EpisodeAnswers: a handler's answer_batch
+EpisodePredictor = Callable[..., EpisodeAnswers]
 
 
 def label_episodes(
@@ -102,9 +103,9 @@ def label_episodes(
     def run(items: list) -> None:
         args = [np.stack([f for _, f, _, _ in items]), [c.text for c, _, _, _ in items], np.array([k for _, _, k, _ in items], np.int32)]
         states = stack_states([s for _, _, _, s in items], items[0][1].shape[0])
-        values, ood = predict(*args) if states is None else predict(*args, states)
-        for (chain, _, _, _), v, o in zip(items, values, ood):
-            chain.add(v, o)
+        answers = predict(*args) if states is None else predict(*args, states)
+        for (chain, _, _, _), v, o, s in zip(items, *answers):
+            chain.add(v, o, s)
 
     for chain in chains:
         if chain.done:

@@ -19,14 +19,19 @@ Outputs
                                             mean autoencoder reconstruction error over the
                                             error 99% of training frames stay under (> 1: unlike
                                             the training data; labels less trustworthy)
+  SUCCESS       FP32   [B, 1]               the model's probability that the episode succeeded
+                                            (the success judgement that scales its values;
+                                            NaN for a model without one)
   MODEL_VERSION BYTES  [B, 1]               "<version>@<checkpoint sha256[:16]>" of the model
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-CONTRACT_VERSION = 2  # 1: windows of [anchor,] prefix + h frames with a PREFIX_VALUE
+CONTRACT_VERSION = 3  # 1: windows of [anchor,] prefix + h frames with a PREFIX_VALUE; 2: no SUCCESS
 MODEL_NAME = "wvm"
 
 FRAMES = "FRAMES"
@@ -35,6 +40,7 @@ LENGTH = "LENGTH"
 STATE = "STATE"
 VALUES = "VALUES"
 OOD = "OOD"
+SUCCESS = "SUCCESS"
 MODEL_VERSION = "MODEL_VERSION"
 
 # Parameters of the Triton model config (config.pbtxt `parameters`, string values). The .pbtxt
@@ -64,6 +70,14 @@ def format_model_version(version: str, checkpoint_hash: str) -> str:
 def parse_model_version(answer: str) -> tuple[str, str]:
     version, _, checkpoint_hash = answer.rpartition("@")
     return (version, checkpoint_hash) if version else (answer, "")
+
+
+class EpisodeAnswers(NamedTuple):
+    """A batch's answers as numpy arrays, whichever backend gave them."""
+
+    values: np.ndarray  # float32 (B, N): VALUES
+    ood: np.ndarray  # float32 (B,): OOD
+    success: np.ndarray  # float32 (B,): SUCCESS
 
 
 class ContractError(ValueError):

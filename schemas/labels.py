@@ -49,7 +49,10 @@ from schemas.episode_store import (  # columns the label tables share with the e
 )
 
 LABELS_FORMAT = "wvm-labels"
-LABELS_SCHEMA_VERSION = 2  # 2: episodes carry ood_score and trusted (model v2)
+LABELS_SCHEMA_VERSION = 3  # 2: episodes carry ood_score and trusted (model v2); 3: success_probability
+# Older directories this wvm reads, and upgrades (marker and root group) when a run writes to
+# them: their episodes parts read each EPISODES column added since as EPISODES_ADDED says.
+UPGRADES_FROM = (2,)
 
 ROOT_MARKER = "wvm_labels.json"
 LATEST_POINTER = "latest.json"
@@ -122,6 +125,7 @@ MONOTONICITY = "monotonicity"
 FLAT_FRACTION = "flat_fraction"
 FALLING_FRACTION = "falling_fraction"
 QUALITY = "quality"
+SUCCESS_PROBABILITY = "success_probability"
 OOD_SCORE = "ood_score"
 TRUSTED = "trusted"
 PROGRESS_PATH = "progress_path"
@@ -183,6 +187,9 @@ EPISODES = pa.schema(
         pa.field(MONOTONICITY, pa.float32(), nullable=False),
         pa.field(FLAT_FRACTION, pa.float32(), nullable=False),
         pa.field(FALLING_FRACTION, pa.float32(), nullable=False),
+        # the model's probability that the episode succeeded (schemas/inference.py SUCCESS;
+        # NaN for a model without one); QUALITY is built on it
+        pa.field(SUCCESS_PROBABILITY, pa.float32(), nullable=False),
         pa.field(QUALITY, pa.float32(), nullable=False),
         # how unlike the model's training frames this episode's frames are (schemas/inference.py
         # OOD); above OOD_TRUST_LIMIT the labels are flagged as not to be trusted
@@ -197,6 +204,9 @@ EPISODES = pa.schema(
     ],
     metadata={"wvm.table": "episodes", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
 )
+
+# EPISODES columns added after schema version 2, and what parts written before them read as.
+EPISODES_ADDED = {SUCCESS_PROBABILITY: float("nan")}
 
 # Exactly the columns LeRobot's RA-BC sample weighting reads (REFERENCE §5).
 SIDECAR = pa.schema(

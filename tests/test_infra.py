@@ -759,6 +759,7 @@ BACKEND_CHECK = textwrap.dedent(
         "wvm_from": __import__("wvm").__file__,
         "values": outputs["VALUES"].tolist(),
         "ood": outputs["OOD"].tolist(),
+        "success": outputs["SUCCESS"].tolist(),
         "version": outputs["MODEL_VERSION"].reshape(-1)[0].decode(),
     }, open(out, "w"))
     '''
@@ -786,8 +787,8 @@ def run_backend(replay: Replay, repository: Path, tmp_path: Path, imports: list[
 def assert_served(result: dict, replay: Replay, python: str) -> None:
     assert result["python"] == python
     assert Path(result["wvm_from"]).is_relative_to(replay.venv) or Path(result["wvm_from"]).is_relative_to(replay.root), result["wvm_from"]
-    (values,), ((ood,),) = result["values"], result["ood"]
-    assert len(values) == 24 and all(0.0 <= v <= 1.0 for v in values) and ood >= 0.0
+    (values,), ((ood,),), ((success,),) = result["values"], result["ood"], result["success"]
+    assert len(values) == 24 and all(0.0 <= v <= 1.0 for v in values) and ood >= 0.0 and 0.0 < success < 1.0
     assert result["version"].startswith("wvm-") and "@" in result["version"]
 
 

@@ -141,7 +141,7 @@ def test_every_registered_handler_resolves_and_has_the_interface_pipelines_use()
     from pipelines.inference import HANDLERS, ValueModelHandler, handler_class
 
     methods = [n for n, v in vars(ValueModelHandler).items() if callable(v) and (not n.startswith("_") or n in ("__enter__", "__exit__"))]
-    assert {"load", "run_batch_with_ood", "close", "__enter__", "__exit__"} <= set(methods)
+    assert {"load", "answer_batch", "close", "__enter__", "__exit__"} <= set(methods)
     for backend in HANDLERS:
         cls = handler_class(backend)
         missing = [m for m in methods if not callable(getattr(cls, m, None))]

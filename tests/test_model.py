@@ -12,7 +12,7 @@ import torch
 from pipelines.weights import expert_voc, spearman
 from wvm.checkpoint import CheckpointError, checkpoint_identity, load_model, save_ensemble, save_model
 from wvm.metrics import auroc, failure_auroc, ground_truth, hesitation_rmse, retry_voc
-from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StateSuccess, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, predict_with_ood, progress_features, progress_from_rates, STATE_FEATURES, state_features, step_classes
+from wvm.model import Batch, EnsembleValueModel, FrameProgress, StateRates, StateSuccess, StaticValueModel, WorldValueModel, WVMConfig, goal_progress, answer_episodes, progress_features, progress_from_rates, STATE_FEATURES, state_features, step_classes
 
 SMALL = dict(video_width=32, value_width=16, depth=2, heads=2, head_dim=8, ae_widths=(16, 16, 16), latent_channels=4)
 # the shipped value stream (v3): no episode time, motion and distance inputs, values from rates
@@ -218,8 +218,10 @@ def test_an_ensemble_encodes_once_and_averages_its_members(tmp_path):
     each = torch.stack([m.predict(frames, text, lengths) for m in members])
     assert (each[0] - each[1]).abs().max() > 1e-3  # the members really differ
     assert torch.allclose(loaded.model.predict(frames, text, lengths), each.mean(0), atol=1e-6)
-    ood = [predict_with_ood(m, frames, text, lengths)[1] for m in (members[0], loaded.model)]
-    assert torch.equal(ood[0], ood[1])
+    answers = [answer_episodes(m, frames, text, lengths) for m in (members[0], loaded.model)]
+    assert torch.equal(answers[0][1], answers[1][1])  # OOD: the shared encoder's
+    each_success = torch.stack([answer_episodes(m, frames, text, lengths)[2] for m in members])
+    assert torch.allclose(answers[1][2], each_success.mean(0), atol=1e-6)  # success: the members' mean
 
 
 def test_an_ensemble_refuses_members_that_are_not_seeds_of_one_recipe(tmp_path):

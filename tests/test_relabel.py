@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,6 +24,7 @@ from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.labels_store import LabelsError, LabelsStore
 from pipelines.relabel import RelabelConfig, run_relabel
 from pipelines.store import open_zarr_group
+from pipelines.weights import episode_summary
 from schemas import labels as spec
 from schemas.validate import conform
 from wvm.checkpoint import CheckpointError
@@ -108,13 +110,17 @@ def test_relabel_sends_each_episodes_robot_state_to_the_model(tmp_path):
     episodes = load_bench(str(METAWORLD_MINI))
     with LocalHandler() as handler:
         assert handler._loaded.config.value_reads_state
-        with_state, _ = predict(handler, episodes)
-        video_only, _ = predict(handler, episodes, with_states=False)
+        with_state, success, _ = predict(handler, episodes)
+        video_only, _, _ = predict(handler, episodes, with_states=False)
+    episode_rows = pd.read_parquet(version_dir(tmp_path / "labels") / spec.EPISODES_FILE).set_index(spec.EPISODE_INDEX)
     differs = 0
     for e in episodes:
         progress = frames[frames.episode_index == e.index].sort_values("frame_index")["progress"].to_numpy()
         np.testing.assert_allclose(progress, with_state[e.index], atol=1e-5)
         differs += not np.allclose(progress, video_only[e.index], atol=1e-3)
+        # the episode's success probability is the model's, and its quality is built on it
+        assert episode_rows.loc[e.index, spec.SUCCESS_PROBABILITY] == pytest.approx(success[e.index], abs=1e-5)
+        assert episode_rows.loc[e.index, spec.QUALITY] == pytest.approx(episode_summary(progress, success[e.index])[spec.QUALITY], abs=1e-5)
     assert differs >= len(episodes) // 2, f"the state changed only {differs} of {len(episodes)} episodes' labels"
 
 
@@ -351,6 +357,26 @@ def test_destination_with_labels_of_an_unknown_schema_version(tmp_path):
     after = {p: p.read_bytes() for p in labels.rglob("*") if p.is_file() and p.name != spec.ROOT_MARKER}
     assert after == {p: b for p, b in before.items() if p.name != spec.ROOT_MARKER}
     assert version.exists()
+
+
+def test_destination_of_schema_version_2_is_upgraded_and_keeps_its_labels(tmp_path):
+    """Labels written before episodes carried success_probability (schema 2): a new run reads
+    them (the column as NaN), keeps every row and value, and upgrades the directory's marker."""
+    labels = tmp_path / "labels"
+    relabel(METAWORLD_MINI, labels)
+    version = version_dir(labels)
+    for part in [*(version / spec.EPISODE_PARTS_DIR).glob("*.parquet"), version / spec.EPISODES_FILE]:
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns([spec.SUCCESS_PROBABILITY]).replace_schema_metadata(table.schema.metadata), part)
+    (labels / spec.ROOT_MARKER).write_text(json.dumps({**spec.ROOT_ATTRS, spec.ATTR_SCHEMA_VERSION: 2}))
+    before = pq.read_table(version / spec.EPISODES_FILE).to_pandas()
+
+    summary = relabel(METAWORLD_MINI, labels)
+    assert (summary.episodes_labelled, summary.failed) == (0, 0)  # nothing relabelled: the old labels stand
+    assert json.loads((labels / spec.ROOT_MARKER).read_text()) == spec.ROOT_ATTRS
+    after = pq.read_table(version / spec.EPISODES_FILE).to_pandas()
+    assert after[spec.SUCCESS_PROBABILITY].isna().all()
+    pd.testing.assert_frame_equal(after.drop(columns=[spec.SUCCESS_PROBABILITY]), before[after.columns.drop(spec.SUCCESS_PROBABILITY)])
 
 
 def test_destination_that_is_not_a_labels_directory(tmp_path):

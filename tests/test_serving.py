@@ -58,15 +58,17 @@ def test_triton_values_equal_in_process_values(triton_server, windows, window_st
     with TritonHandler(triton_server.grpc_url) as remote:
         assert (remote.version, remote.checkpoint_hash) == (local.version, local.checkpoint_hash)
         assert remote.geometry == local.geometry
-        got, ood = remote.run_batch_with_ood(frames, texts, lengths, states)
+        got, ood, success = remote.answer_batch(frames, texts, lengths, states)
     parts = [
-        local.run_batch_with_ood(frames[i : i + 64], texts[i : i + 64], lengths[i : i + 64], None if states is None else states[i : i + 64])
+        local.answer_batch(frames[i : i + 64], texts[i : i + 64], lengths[i : i + 64], None if states is None else states[i : i + 64])
         for i in range(0, len(frames), 64)
     ]
-    assert got.shape == (len(frames), local.geometry.samples_per_episode) and ood.shape == (len(frames),)
-    np.testing.assert_allclose(got, np.concatenate([p[0] for p in parts]), atol=1e-5)
-    np.testing.assert_allclose(ood, np.concatenate([p[1] for p in parts]), rtol=1e-4)
+    assert got.shape == (len(frames), local.geometry.samples_per_episode) and ood.shape == success.shape == (len(frames),)
+    np.testing.assert_allclose(got, np.concatenate([p.values for p in parts]), atol=1e-5)
+    np.testing.assert_allclose(ood, np.concatenate([p.ood for p in parts]), rtol=1e-4)
+    np.testing.assert_allclose(success, np.concatenate([p.success for p in parts]), atol=1e-5)
     assert np.all(ood > 0)  # the shipped checkpoint has an OOD reference
+    assert np.all((success > 0) & (success < 1))  # the shipped checkpoint judges success
     if with_states and local._loaded.config.value_reads_state:
         plain = local.run_batch(frames[:64], texts[:64], lengths[:64])
         assert not np.allclose(got[:64:2], plain[::2], atol=1e-3)  # the state reached the model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from schemas.inference import EpisodeAnswers
 from pipelines.weights import AdvantageHistogram, awr_weights, binary_weights, chunk_advantage, episode_summary, top_weights
 from pipelines.windows import EpisodeChain, WindowGeometry, label_episodes, sample_positions
 from schemas import inference as contract
@@ -20,7 +21,7 @@ def progress_oracle(truth_by_key):
 
     def predict(frames, texts, lengths):
         values = frames[:, :, 0, 0, 0].astype(np.float32) / 255.0
-        return values, np.zeros(len(frames), np.float32)
+        return EpisodeAnswers(values, np.zeros(len(frames), np.float32), np.full(len(frames), np.nan, np.float32))
 
     def fetch(chain, indices):
         frames = np.zeros((len(indices), 8, 8, 3), np.uint8)
@@ -69,12 +70,13 @@ def test_one_request_per_episode_and_each_sample_read_once():
 
     def predict(frames, texts, lengths):
         calls.append((frames.shape, list(lengths)))
-        return np.zeros(frames.shape[:2], np.float32), np.full(len(frames), 0.5, np.float32)
+        return EpisodeAnswers(np.zeros(frames.shape[:2], np.float32), np.full(len(frames), 0.5, np.float32), np.arange(len(frames), dtype=np.float32) / 4)
 
     chains = [EpisodeChain(str(i), n, 20, "t", GEOMETRY) for i, n in enumerate([5, 30, 100])]
     label_episodes(chains, lambda c, i: np.zeros((len(i), 8, 8, 3), np.uint8), predict, batch_size=64)
     assert calls == [((3, 24, 8, 8, 3), [5, 24, 24])]
     assert [c.ood for c in chains] == [0.5, 0.5, 0.5]
+    assert [c.success for c in chains] == [0.0, 0.25, 0.5]  # each episode gets its own answer
 
 
 def test_requests_carry_each_episodes_robot_state_at_its_samples():
@@ -82,7 +84,7 @@ def test_requests_carry_each_episodes_robot_state_at_its_samples():
 
     def predict(frames, texts, lengths, states=None):
         seen.append(states)
-        return np.zeros(frames.shape[:2], np.float32), np.zeros(len(frames), np.float32)
+        return EpisodeAnswers(np.zeros(frames.shape[:2], np.float32), np.zeros(len(frames), np.float32), np.zeros(len(frames), np.float32))
 
     recorded = {"0": np.arange(30 * 3, dtype=np.float32).reshape(30, 3), "1": None, "2": np.ones((5, 7), np.float32)}
     chains = [EpisodeChain(k, 30 if k != "2" else 5, 20, "t", GEOMETRY) for k in recorded]
@@ -273,6 +275,20 @@ def test_episode_summary():
     assert summary["flat_fraction"] == pytest.approx(20 / 49, abs=0.03)
     assert summary["falling_fraction"] == pytest.approx(10 / 49, abs=0.03)
     assert summary["quality"] < 0.35
+    assert np.isnan(summary["success_probability"])  # no success judgement: quality from final progress
+
+
+def test_quality_rests_on_the_success_probability_where_the_model_gives_one():
+    """A failed episode whose values climb high still gets a low quality when the model judges
+    it failed; a successful one with a pause keeps most of its quality."""
+    climbed = np.concatenate([np.linspace(0, 0.8, 40), np.full(10, 0.8)])
+    failed = episode_summary(climbed, success=0.1)
+    assert failed["success_probability"] == pytest.approx(0.1) and failed["final_progress"] == pytest.approx(0.8)
+    flat = failed["flat_fraction"]
+    assert failed["quality"] == pytest.approx(0.1 * (1 - flat / 2))
+    assert episode_summary(climbed)["quality"] == pytest.approx(0.8 * (1 - flat / 2))
+    paused = np.concatenate([np.linspace(0, 0.5, 20), np.full(10, 0.5), np.linspace(0.5, 1, 20)])
+    assert episode_summary(paused, success=0.9)["quality"] > 4 * failed["quality"]
 
 
 

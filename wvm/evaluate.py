@@ -80,12 +80,13 @@ def load_bench(dataset: str, labels: str | None = None, camera: str | None = Non
 
 def predict(
     handler: ValueModelHandler | None, episodes: list[BenchEpisode], batch_size: int = 64, with_states: bool = True
-) -> tuple[dict[int, np.ndarray], float]:
-    """Per-frame values for every episode and the mean out-of-distribution score of the bench
-    (nan for the time-ramp baseline, handler None). Requests carry the episodes' robot states
-    unless `with_states` is false."""
+) -> tuple[dict[int, np.ndarray], dict[int, float], float]:
+    """Per-frame values and the probability of success of every episode, and the mean
+    out-of-distribution score of the bench (nan where the model has none, and for the time-ramp
+    baseline, handler None). Requests carry the episodes' robot states unless `with_states` is false."""
     if handler is None:
-        return {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}, float("nan")
+        ramps = {e.index: np.arange(len(e.truth)) / max(len(e.truth) - 1, 1) for e in episodes}
+        return ramps, {e.index: float("nan") for e in episodes}, float("nan")
     by_key = {str(e.index): e for e in episodes}
     chains = [EpisodeChain(str(e.index), len(e.frames), e.fps, e.task, handler.geometry) for e in episodes]
 
@@ -93,20 +94,22 @@ def predict(
         known = by_key[chain.key].states
         return known[idx] if known is not None and with_states else None
 
-    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.run_batch_with_ood, batch_size, states)
-    return {int(c.key): c.frame_values() for c in chains}, float(np.mean([c.ood for c in chains]))
+    label_episodes(chains, lambda chain, idx: by_key[chain.key].frames[idx], handler.answer_batch, batch_size, states)
+    return {int(c.key): c.frame_values() for c in chains}, {int(c.key): c.success for c in chains}, float(np.mean([c.ood for c in chains]))
 
 
-def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray]) -> dict[str, float]:
+def score(episodes: list[BenchEpisode], predictions: dict[int, np.ndarray], success: dict[int, float] | None = None) -> dict[str, float]:
     """Per-episode metrics averaged per kind, and Failure-AUROC of the episode quality score
-    (pipelines.weights.episode_summary, what users filter on) over successful vs failed episodes."""
+    (pipelines.weights.episode_summary of the values and `success` probabilities, what
+    episodes.parquet reports and users filter on) over successful vs failed episodes."""
     per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
     for e in episodes:
         scored = episode_metric(e.kind, predictions[e.index], e.truth, e.seg_start, e.seg_end)
         if scored:
             per_metric[scored[0]].append(scored[1])
     results = {m: float(np.mean(v)) if v else float("nan") for m, v in per_metric.items()}
-    quality = [episode_summary(predictions[e.index])[spec.QUALITY] for e in episodes]
+    success = success or {}
+    quality = [episode_summary(predictions[e.index], success.get(e.index, float("nan")))[spec.QUALITY] for e in episodes]
     results["failure_auroc"] = failure_auroc(np.array(quality), np.array([e.kind in SUCCESS_KINDS for e in episodes]))
     return results
 
@@ -188,8 +191,8 @@ def evaluate(
         predictions = {}
         for method, handler in handlers.items():
             log.info("eval %s on %s (%d episodes)", method, bench, len(episodes))
-            predictions[method], ood = predict(handler, episodes, with_states=method not in video_only)
-            results.setdefault(method, {})[bench] = {**score(episodes, predictions[method]), "ood": ood}
+            predictions[method], success, ood = predict(handler, episodes, with_states=method not in video_only)
+            results.setdefault(method, {})[bench] = {**score(episodes, predictions[method], success), "ood": ood}
         plot_grid(episodes, predictions, out / "plots" / f"{bench}.png")
     counts = {b: {k: sum(e.kind == k for e in eps) for k in KINDS} for b, eps in benches.items()}
     versions = {m: (h.version, h.checkpoint_hash) for m, h in handlers.items() if h is not None}

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from pipelines.windows import WindowGeometry
+from schemas.inference import EpisodeAnswers
 
 
 class ValueModelHandler(ABC):
@@ -26,16 +27,15 @@ class ValueModelHandler(ABC):
         """Acquire the model (load weights, or connect and check the server)."""
 
     @abstractmethod
-    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+    def answer_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> EpisodeAnswers:
         """frames uint8 (B, N, H, W, 3): each episode's samples; texts: B task strings; lengths
         int32 (B,): real samples per episode; states: optional float32 (B, N, S) robot state
-        at the samples (schemas/inference.py STATE). Returns float32 (B, N) values in [0, 1]."""
+        at the samples (schemas/inference.py STATE). Returns float32 (B, N) values in [0, 1],
+        each episode's out-of-distribution score and its probability of success."""
 
-    def run_batch_with_ood(
-        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """run_batch plus each episode's out-of-distribution score (B,) (schemas/inference.py)."""
-        raise NotImplementedError
+    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """`answer_batch`'s values only."""
+        return self.answer_batch(frames, texts, lengths, states).values
 
     def identity(self) -> tuple[str, str]:
         """(model version, checkpoint hash) of the model that would answer, as cheaply as the
@@ -78,24 +78,19 @@ class LocalHandler(ValueModelHandler):
 
         return checkpoint_identity(self.checkpoint)  # the weights' header only, not the weights
 
-    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
-        return self.run_batch_with_ood(frames, texts, lengths, states)[0]
-
-    def run_batch_with_ood(
-        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def answer_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> EpisodeAnswers:
         import torch
 
         from schemas.inference import check_state_batch, check_window_batch
-        from wvm.model import predict_with_ood
+        from wvm.model import answer_episodes
 
         check_window_batch(frames, texts, lengths, self.geometry.window_frames, max_batch=None)
         check_state_batch(states, len(frames), self.geometry.window_frames)
-        values, ood = predict_with_ood(
+        answers = answer_episodes(
             self._loaded.model,
             torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),
             self._text(list(texts)),
             torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device),
             None if states is None else torch.from_numpy(states).to(self.device),
         )
-        return values.cpu().numpy().astype(np.float32), ood.cpu().numpy().astype(np.float32)
+        return EpisodeAnswers(*(a.cpu().numpy().astype(np.float32) for a in answers))

@@ -916,12 +916,21 @@ class WorldValueModel(nn.Module):
     @torch.no_grad()
     def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """`predict` from normalised latents (B, N, C, S, S)."""
+        return self.judge_latents(latents, text, lengths, states)[0]
+
+    @torch.no_grad()
+    def judge_latents(
+        self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict_latents` plus each episode's probability of success (B,): the rates head's,
+        which scales the values (NaN for the direct head, which has none)."""
         b, n = latents.shape[:2]
         valid = valid_mask(lengths, n)
         noise = self.inference_value_noise[:, :n].expand(b, -1)
         zero = torch.zeros(b, device=latents.device)
-        _, velocity, *_ = self.joint(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid, states=states)
-        return ((noise + velocity).clamp(0.0, 1.0) * valid).float()
+        _, velocity, success, *_ = self.joint(latents, torch.ones(b, n, device=latents.device), text, noise, zero, valid, states=states)
+        values = ((noise + velocity).clamp(0.0, 1.0) * valid).float()
+        return values, (success.float() if success is not None else torch.full((b,), float("nan"), device=latents.device))
 
 
 class StaticValueModel(nn.Module):
@@ -966,20 +975,26 @@ class StaticValueModel(nn.Module):
         values = self(latents.reshape(b * n, 1, *latents.shape[2:]), text.repeat_interleave(n, dim=0)).reshape(b, n)
         return (values.clamp(0.0, 1.0) * valid_mask(lengths, n)).float()
 
+    @torch.no_grad()
+    def judge_latents(self, latents, text, lengths, states=None) -> tuple[torch.Tensor, torch.Tensor]:
+        values = self.predict_latents(latents, text, lengths)
+        return values, torch.full(values.shape[:1], float("nan"), device=values.device)  # no success judgement
+
 
 @torch.no_grad()
-def predict_with_ood(
+def answer_episodes(
     model: nn.Module, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values (B, N) and each episode's out-of-distribution score (B,): the mean reconstruction
-    error of its real frames over `ood_reference` (about 1 or less for frames like the training
-    data; 0 when the checkpoint has no reference)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a request is answered with (schemas/inference.py): values (B, N); each episode's
+    out-of-distribution score (B,), the mean reconstruction error of its real frames over
+    `ood_reference` (about 1 or less for frames like the training data; 0 when the checkpoint
+    has no reference); and its probability of success (B,) (NaN for a model without one)."""
     latents, frame_error = model.encode_and_score(frames)
-    values = model.predict_latents(latents, text, lengths, states)
+    values, success = model.judge_latents(latents, text, lengths, states)
     valid = valid_mask(lengths, frames.shape[1]).float()
     error = (frame_error * valid).sum(1) / valid.sum(1).clamp(min=1.0)
     reference = model.config.ood_reference
-    return values, (error / reference if reference > 0 else torch.zeros_like(error)).float()
+    return values, (error / reference if reference > 0 else torch.zeros_like(error)).float(), success
 
 
 def make_video_backbone(config: WVMConfig) -> nn.Module:
@@ -1011,7 +1026,11 @@ class EnsembleValueModel(nn.Module):
 
     @torch.no_grad()
     def predict_latents(self, latents: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.stack([member.predict_latents(latents, text, lengths, states) for member in self.members]).mean(0)
+        return self.judge_latents(latents, text, lengths, states)[0]
+
+    def judge_latents(self, latents, text, lengths, states=None) -> tuple[torch.Tensor, torch.Tensor]:
+        values, success = zip(*(member.judge_latents(latents, text, lengths, states) for member in self.members))
+        return torch.stack(values).mean(0), torch.stack(success).mean(0)
 
 
 def build_model(config: WVMConfig) -> nn.Module:

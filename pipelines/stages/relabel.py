@@ -141,7 +141,7 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
             state = tables[chain.key].state  # the robot's own motion, where the source records it
             return None if state is None else state[indices]
 
-        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.run_batch_with_ood, self.batch_size, fetch_states)
+        label_episodes(started(self._decoded(task.episodes, failures)), fetch, self._handler.answer_batch, self.batch_size, fetch_states)
         by_id = {e.episode_id: e for e in task.episodes}
         frames, sidecar, episodes, progress = [], [], [], []
         stamps = {
@@ -196,7 +196,7 @@ class LabelPartition(Stage[LabelTask, LabelResult]):
                     spec.CAMERA: episode.camera,
                     spec.LENGTH: n,
                     spec.FPS: episode.fps,
-                    **episode_summary(values),
+                    **episode_summary(values, chain.success),
                     spec.OOD_SCORE: chain.ood,
                     spec.TRUSTED: bool(chain.ood <= spec.OOD_TRUST_LIMIT),
                     spec.PARTITION_ID: task.partition_id,

@@ -159,7 +159,7 @@ def _policies_job(job: tuple) -> list[dict]:
 def _policy(config: BenchConfig, task: str, run: Run, seed: int, samples, sim: TaskSimulator, model_key: str) -> dict:
     """Train and evaluate one policy, or reuse what an earlier run with the same key left."""
     path = config.work / "policies" / task / run.slug / f"seed{seed}"
-    key = _key(config, task, run, seed, model_key)
+    key = _key(config, task, run, seed, model_key, hashlib.sha256(np.ascontiguousarray(samples.weight, np.float32).tobytes()).hexdigest()[:16])
     result_file = path / "result.json"
     if result_file.exists():
         saved = json.loads(result_file.read_text())
@@ -187,8 +187,9 @@ def _policy(config: BenchConfig, task: str, run: Run, seed: int, samples, sim: T
     return record
 
 
-def _key(config: BenchConfig, task: str, run: Run, seed: int, model_key: str) -> str:
-    """Everything a policy's result depends on; the value model only for wvm-weighted runs."""
+def _key(config: BenchConfig, task: str, run: Run, seed: int, model_key: str, weights: str) -> str:
+    """Everything a policy's result depends on; the value model and the digest of the sample
+    `weights` it gave (they change with how weights are made from labels) only for wvm-weighted runs."""
     parts = {
         "data": config.data.datagen_settings(),
         "task": task,
@@ -197,7 +198,7 @@ def _key(config: BenchConfig, task: str, run: Run, seed: int, model_key: str) ->
         "horizon": config.horizon,
         "policy": asdict(config.policy),
         "eval": asdict(config.eval),
-        "labels": model_key if run.source == "wvm" else None,
+        "labels": [model_key, weights] if run.source == "wvm" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

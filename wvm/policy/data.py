@@ -44,8 +44,8 @@ SOURCES = ("wvm", "ramp", "gt")  # value model, time ramp t/(T-1), ground-truth 
 SOURCE_NAMES = {"wvm": "wvm (value model)", "ramp": "time ramp", "gt": "ground truth"}
 WEIGHT_COLUMNS = spec.WEIGHT_COLUMNS  # per-frame weights, as frames.parquet has them
 FRAME_COLUMNS = [spec.EPISODE_INDEX, spec.FRAME_INDEX, spec.PROGRESS, spec.ADVANTAGE, *WEIGHT_COLUMNS]  # what the bench reads
-# whole-episode filter: 1 for the episodes whose quality (pipelines.weights.episode_summary, as
-# episodes.parquet reports it) is in the dataset's top 70 %, else 0
+# whole-episode filter: 1 for the episodes whose quality (as episodes.parquet reports it) is in
+# the dataset's top 70 %, else 0
 EPISODE_WEIGHT = "w_episode70"
 
 
@@ -233,17 +233,25 @@ def label_sources(episodes: list[Episode], labels_dir: str, model_key: str, hori
     if len(wvm) != expected:
         raise WvmError(f"{labels_dir} labels {len(wvm)} frames but the dataset has {expected}: relabel it again")
     sources = {
-        "wvm": wvm,
-        "ramp": control_frames({e.index: time_ramp(len(e.state)) for e in episodes}, horizon),
-        "gt": control_frames({e.index: e.gt_progress for e in episodes}, horizon),
+        "wvm": (wvm, read_wvm_quality(labels_dir, model_key)),
+        "ramp": (control_frames({e.index: time_ramp(len(e.state)) for e in episodes}, horizon), None),
+        "gt": (control_frames({e.index: e.gt_progress for e in episodes}, horizon), None),
     }
-    return {name: with_episode_filter(frames) for name, frames in sources.items()}
+    return {name: with_episode_filter(frames, quality) for name, (frames, quality) in sources.items()}
 
 
-def with_episode_filter(frames: pd.DataFrame) -> pd.DataFrame:
-    """`frames` plus EPISODE_WEIGHT: whole episodes kept by their quality, the cut keeping the
-    dataset's top 70 % of episodes (ties kept: the time ramp rates every episode alike)."""
-    quality = {
+def read_wvm_quality(labels_dir: str, model_key: str) -> dict[int, float]:
+    """Each episode's quality as `<labels>/versions/<model_key>/episodes.parquet` reports it."""
+    episodes = pq.read_table(Path(labels_dir) / spec.VERSIONS_DIR / model_key / spec.EPISODES_FILE, columns=[spec.EPISODE_INDEX, spec.QUALITY])
+    return dict(zip(episodes.column(spec.EPISODE_INDEX).to_pylist(), episodes.column(spec.QUALITY).to_pylist()))
+
+
+def with_episode_filter(frames: pd.DataFrame, quality: dict[int, float] | None = None) -> pd.DataFrame:
+    """`frames` plus EPISODE_WEIGHT: whole episodes kept by their `quality` (by default, computed
+    from the frames' progress as episodes.parquet does for a model without a success judgement),
+    the cut keeping the dataset's top 70 % of episodes (ties kept: the time ramp rates every
+    episode alike)."""
+    quality = quality or {
         int(i): episode_summary(g.sort_values(spec.FRAME_INDEX)[spec.PROGRESS].to_numpy())[spec.QUALITY]
         for i, g in frames.groupby(spec.EPISODE_INDEX)
     }

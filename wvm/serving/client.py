@@ -132,19 +132,14 @@ class TritonHandler(ValueModelHandler):
 
     # -- requests ----------------------------------------------------------------------------
 
-    def run_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
-        return self.run_batch_with_ood(frames, texts, lengths, states)[0]
-
-    def run_batch_with_ood(
-        self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def answer_batch(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None) -> contract.EpisodeAnswers:
         contract.check_window_batch(frames, texts, lengths, self.geometry.window_frames, max_batch=None)
         contract.check_state_batch(states, len(frames), self.geometry.window_frames)
         return self._run(self.run_batch_async(frames, texts, lengths, states))
 
     async def run_batch_async(
         self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> contract.EpisodeAnswers:
         size = self.request_size
         parts = await asyncio.gather(
             *(
@@ -152,9 +147,9 @@ class TritonHandler(ValueModelHandler):
                 for s in range(0, len(frames), size)
             )
         )
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return contract.EpisodeAnswers(*(np.concatenate(a) for a in zip(*parts)))
 
-    async def _infer(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    async def _infer(self, frames: np.ndarray, texts: list[str], lengths: np.ndarray, states: np.ndarray | None) -> contract.EpisodeAnswers:
         inputs = [
             grpcclient.InferInput(contract.FRAMES, list(frames.shape), "UINT8"),
             grpcclient.InferInput(contract.TASK, [len(texts), 1], "BYTES"),
@@ -166,7 +161,7 @@ class TritonHandler(ValueModelHandler):
         if states is not None:
             inputs.append(grpcclient.InferInput(contract.STATE, list(states.shape), "FP32"))
             inputs[3].set_data_from_numpy(np.ascontiguousarray(states, np.float32))
-        outputs = [grpcclient.InferRequestedOutput(name) for name in (contract.VALUES, contract.OOD, contract.MODEL_VERSION)]
+        outputs = [grpcclient.InferRequestedOutput(name) for name in (contract.VALUES, contract.OOD, contract.SUCCESS, contract.MODEL_VERSION)]
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
@@ -193,7 +188,11 @@ class TritonHandler(ValueModelHandler):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         self._check_version({v.decode() for v in result.as_numpy(contract.MODEL_VERSION).reshape(-1)})
-        return result.as_numpy(contract.VALUES).astype(np.float32), result.as_numpy(contract.OOD).reshape(-1).astype(np.float32)
+        return contract.EpisodeAnswers(
+            result.as_numpy(contract.VALUES).astype(np.float32),
+            result.as_numpy(contract.OOD).reshape(-1).astype(np.float32),
+            result.as_numpy(contract.SUCCESS).reshape(-1).astype(np.float32),
+        )
 
     async def _answers_liveness_probe(self) -> bool:
         try:

@@ -20,7 +20,7 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from schemas import inference as contract
 from wvm.checkpoint import load_model
-from wvm.model import predict_with_ood
+from wvm.model import answer_episodes
 from wvm.text import text_encoder_for
 
 
@@ -94,7 +94,7 @@ class TritonPythonModel:
                 lengths = torch.cat([g[3] for g in group]).to(self.device)
                 states = contract.stack_states([s for g in group for s in g[4]], self.window_frames)
                 states = None if states is None else torch.from_numpy(states).to(self.device)
-                values, ood = predict_with_ood(self.loaded.model, frames, self.text(texts), lengths, states)
+                values, ood, success = answer_episodes(self.loaded.model, frames, self.text(texts), lengths, states)
             except Exception as exc:  # noqa: BLE001
                 for g in group:
                     responses[g[0]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
@@ -107,6 +107,7 @@ class TritonPythonModel:
                     output_tensors=[
                         pb_utils.Tensor.from_dlpack(contract.VALUES, to_dlpack(values[start : start + n].cpu().contiguous())),
                         pb_utils.Tensor.from_dlpack(contract.OOD, to_dlpack(ood[start : start + n, None].cpu().contiguous())),
+                        pb_utils.Tensor.from_dlpack(contract.SUCCESS, to_dlpack(success[start : start + n, None].cpu().contiguous())),
                         pb_utils.Tensor(contract.MODEL_VERSION, version),
                     ]
                 )
