@@ -63,14 +63,14 @@ def main() -> None:
     parser.add_argument("--splice", action="store_true", help="also score each failed episode with a pause and with an undo before it stops")
     args = parser.parse_args()
 
-    # The head's success probability and rates are internal to progress_from_rates: record them
-    # on the way through (one batch row per episode, in request order, one frame size).
-    recorded: list[tuple[float, np.ndarray]] = []  # (s, the real samples' rates) per episode
+    # The head's rates are internal to progress_from_rates: record them on the way through (one
+    # batch row per episode, in request order, one frame size).
+    recorded: list[np.ndarray] = []  # the real samples' rates per episode
     values_from_rates = wvm.model.progress_from_rates
 
     def recording(rates, success, valid):
-        for p, r, n in zip(success.tolist(), rates.detach().cpu().numpy(), valid.sum(1).tolist()):
-            recorded.append((p, r[:n]))
+        for r, n in zip(rates.detach().cpu().numpy(), valid.sum(1).tolist()):
+            recorded.append(r[:n])
         return values_from_rates(rates, success, valid)
 
     wvm.model.progress_from_rates = recording
@@ -98,10 +98,10 @@ def main() -> None:
         for name, checkpoint in (m.split("=", 1) for m in args.models):
             recorded.clear()
             with LocalHandler(checkpoint) as handler:
-                values, _ = predict(handler, episodes)
-            s = np.array([p for p, _ in recorded])
-            work = np.array([r[1:].sum() / max(len(r) - 1, 1) for _, r in recorded])  # c/K
-            summaries = [episode_summary(values[e.index]) for e in episodes]
+                values, success, _ = predict(handler, episodes)
+            s = np.array([success[e.index] for e in episodes])
+            work = np.array([r[1:].sum() / max(len(r) - 1, 1) for r in recorded])  # c/K
+            summaries = [episode_summary(values[e.index], success[e.index]) for e in episodes]
             quality = np.array([x[spec.QUALITY] for x in summaries])
             final = np.array([x[spec.FINAL_PROGRESS] for x in summaries])
             auroc = {k: failure_auroc(v[rendered], succeeded[rendered]) for k, v in (("quality", quality), ("final", final), ("s", s))}
@@ -114,7 +114,7 @@ def main() -> None:
                 by_mode = f" | AUROC quality {failure_auroc(quality[against], succeeded[against]):.3f} final {failure_auroc(final[against], succeeded[against]):.3f}" if g in groups[3:] else ""
                 print(f"    {g:<10} s {s[at].mean():.2f}  c/K {work[at].mean():.2f}  final {final[at].mean():.2f}  quality {quality[at].mean():.2f}{by_mode}")
             quarters = [[] for _ in range(4)]
-            for (_, rates), g in zip(recorded, group):
+            for rates, g in zip(recorded, group):
                 n = len(rates)
                 if g == "expert" and n > 1:
                     for i in range(1, n):  # the rate at sample i is the work since sample i - 1
