@@ -140,9 +140,9 @@ def build_report(sources: list[LabelsSource], out: str | Path, title: str = "wvm
         plt.close(fig)
         images.append(("Change against the previous model version", "plots/model_change.png"))
 
-    if len(episodes):  # judged failed: success probability under one half (NaN: the model gives none)
+    if len(episodes):  # NaN (a model without a success judgement) is never judged failed
         success = episodes[spec.SUCCESS_PROBABILITY] if spec.SUCCESS_PROBABILITY in episodes else pd.Series(np.nan, episodes.index)
-        episodes = episodes.assign(judged_failed=success < 0.5)
+        episodes = episodes.assign(judged_failed=success < spec.JUDGED_FAILED_BELOW)
     counts = (
         episodes.groupby([spec.EMBODIMENT, spec.TASK]).agg(episodes=(spec.EPISODE_ID, "count"), frames=(spec.LENGTH, "sum"),
                                                            mean_quality=(spec.QUALITY, "mean"), judged_failed=("judged_failed", "sum")).reset_index()
@@ -200,7 +200,7 @@ def _html(title, summary, images, counts, failures, changes, untrusted) -> str:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{summary['episodes']} episodes, {summary['frames']} frames, mean quality "
              f"{summary['mean_quality'] if summary['mean_quality'] is None else round(summary['mean_quality'], 3)}, "
-             f"{summary['judged_failed']} judged failed by the model (success probability under 0.5), "
+             f"{summary['judged_failed']} judged failed by the model (success probability under {spec.JUDGED_FAILED_BELOW}), "
              f"{summary['failures']} failures, {summary['untrusted']} episodes flagged untrusted. Models: {html.escape(json.dumps(summary['versions']))}. "
              f"Generated {summary['generated_at']}.</p>"]  # fmt: skip
     if len(untrusted):

@@ -171,6 +171,8 @@ FRAMES = pa.schema(
 # An episode whose mean frame reconstruction error is over twice what 99% of the training
 # frames reach is out of the model's distribution: its labels are kept, flagged untrusted.
 OOD_TRUST_LIMIT = 2.0
+# The QC report counts an episode whose success probability is under this as judged failed.
+JUDGED_FAILED_BELOW = 0.5
 
 EPISODES = pa.schema(
     [

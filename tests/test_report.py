@@ -143,7 +143,7 @@ def test_report_numbers_match_the_labels_and_its_plots_are_real(metaworld_copy, 
     assert summary["mean_quality"] == pytest.approx(float(episodes["quality"].astype(float).mean()), abs=1e-6)
     assert summary["untrusted"] == int((~episodes["trusted"]).sum()) == 8  # the G1 episodes, and only they
     assert summary["failures"] == len(mw_failures) + len(g1_failures) == 1
-    judged_failed = int((episodes["success_probability"].astype(float) < 0.5).sum())
+    judged_failed = int((episodes["success_probability"].astype(float) < spec.JUDGED_FAILED_BELOW).sum())
     assert summary["judged_failed"] == judged_failed
     merged = g1_episodes.merge(g1_before, on="episode_id", suffixes=("", "_before"))
     assert summary["change"]["episodes_compared"] == len(merged) == 8
@@ -154,7 +154,7 @@ def test_report_numbers_match_the_labels_and_its_plots_are_real(metaworld_copy, 
 
     # -- the page: the same numbers, the tables, the pictures it shows -----------------------
     page = (out / "report.html").read_text()
-    assert f"<p>{len(episodes)} episodes, {len(frames)} frames, mean quality {round(summary['mean_quality'], 3)}, {judged_failed} judged failed by the model (success probability under 0.5), 1 failures, 8 episodes flagged untrusted." in page
+    assert f"<p>{len(episodes)} episodes, {len(frames)} frames, mean quality {round(summary['mean_quality'], 3)}, {judged_failed} judged failed by the model (success probability under {spec.JUDGED_FAILED_BELOW}), 1 failures, 8 episodes flagged untrusted." in page
     parsed = Tables()
     parsed.feed(page)
     tables = parsed.tables
@@ -164,7 +164,7 @@ def test_report_numbers_match_the_labels_and_its_plots_are_real(metaworld_copy, 
     expected = {
         (embodiment, task): (str(group["episode_id"].nunique()), str(len(group)),
                              f"{(ours := episodes[(episodes.embodiment == embodiment) & (episodes.task == task)])['quality'].astype(float).mean():.3f}",
-                             str(int((ours["success_probability"].astype(float) < 0.5).sum())))
+                             str(int((ours["success_probability"].astype(float) < spec.JUDGED_FAILED_BELOW).sum())))
         for (embodiment, task), group in frames.groupby(["embodiment", "task"])
     }  # fmt: skip
     assert {(r["embodiment"], r["task"]): (r["episodes"], r["frames"], r["mean_quality"], r["judged_failed"]) for r in counts} == expected
