@@ -251,10 +251,11 @@ def with_episode_filter(frames: pd.DataFrame, quality: dict[int, float] | None =
     from the frames' progress as episodes.parquet does for a model without a success judgement),
     the cut keeping the dataset's top 70 % of episodes (ties kept: the time ramp rates every
     episode alike)."""
-    quality = quality or {
-        int(i): episode_summary(g.sort_values(spec.FRAME_INDEX)[spec.PROGRESS].to_numpy())[spec.QUALITY]
-        for i, g in frames.groupby(spec.EPISODE_INDEX)
-    }
+    if quality is None:  # the frames alone (a source without episodes.parquet)
+        quality = {
+            int(i): episode_summary(g.sort_values(spec.FRAME_INDEX)[spec.PROGRESS].to_numpy())[spec.QUALITY]
+            for i, g in frames.groupby(spec.EPISODE_INDEX)
+        }
     cut = np.quantile(np.fromiter(quality.values(), float), 1.0 - spec.TOP_FRACTION)
     return frames.assign(**{EPISODE_WEIGHT: frames[spec.EPISODE_INDEX].map(lambda i: float(quality[int(i)] >= cut - 1e-12)).astype(np.float32)})
 
