@@ -45,7 +45,8 @@ def test_ablation_differs_from_the_shipped_recipe_only_in_its_own_keys(name):
     shipped = flat(json.loads((CONFIGS / SHIPPED).read_text()))
     ablation = flat(json.loads((CONFIGS / name).read_text()))
     changed = {k for k in shipped.keys() | ablation.keys() if shipped.get(k) != ablation.get(k)}
-    assert changed - {"model.version"} <= ABLATIONS[name], f"{name} also changes {sorted(changed - ABLATIONS[name] - {'model.version'})}"
+    extra = changed - ABLATIONS[name] - {"model.version"}
+    assert not extra, f"{name} also changes {sorted(extra)}"
     assert ablation["model.version"] != shipped["model.version"], f"{name} would label under the shipped model's version"
 
 
@@ -57,5 +58,5 @@ def test_ablations_do_what_their_names_say():
     assert not load["wvm_scratch.json"].init_from and weight["wvm_scratch.json"] > 0  # world-model loss, no stage 1
     assert load["wvm_frozen_video.json"].init_from and load["wvm_frozen_video.json"].freeze_video
     assert not load["wvm_frozen_random.json"].init_from and load["wvm_frozen_random.json"].freeze_video
-    # every video-stream ablation shares stage 1's autoencoder, so all read the same latents
+    # every video-stream ablation shares stage 1's encoder weights (its latent normalisation may differ: row 77)
     assert all(c.init_from or c.init_autoencoder for c in load.values())
