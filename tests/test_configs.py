@@ -21,6 +21,7 @@ ABLATIONS = {
     "wvm_scratch.json": {"init_from", "init_autoencoder", "model.video_loss_weight"},
     "wvm_frozen_video.json": {"freeze_video", "model.video_loss_weight"},
     "wvm_frozen_random.json": {"freeze_video", "init_from", "init_autoencoder", "model.video_loss_weight"},
+    "wvm_frozen_lower.json": {"freeze_video_layers"},
 }
 
 
@@ -58,5 +59,6 @@ def test_ablations_do_what_their_names_say():
     assert not load["wvm_scratch.json"].init_from and weight["wvm_scratch.json"] > 0  # world-model loss, no stage 1
     assert load["wvm_frozen_video.json"].init_from and load["wvm_frozen_video.json"].freeze_video
     assert not load["wvm_frozen_random.json"].init_from and load["wvm_frozen_random.json"].freeze_video
+    assert load["wvm_frozen_lower.json"].init_from and 0 < load["wvm_frozen_lower.json"].freeze_video_layers
     # every video-stream ablation shares stage 1's encoder weights (its latent normalisation may differ: row 77)
     assert all(c.init_from or c.init_autoencoder for c in load.values())

@@ -80,6 +80,14 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     with pytest.raises(ValueError, match="video_lr_scale"):
         tiny_config(store, video_lr_scale=0.0)
 
+    # freeze_video_layers: the embedding and the lowest layer's video half stay stage 1's, the layer above trains
+    lower = load_model(train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1), freeze_video_layers=1), tmp_path / "lower", progress=False))
+    moved_keys = {k for k, v in video_state(first.model).items() if not torch.equal(lower.model.state_dict()[k], v)}
+    assert moved_keys and all(k.startswith("layers.1.video.") for k in moved_keys), sorted(moved_keys)
+    for bad in [dict(freeze_video_layers=2), dict(freeze_video_layers=1, freeze_video=True), dict(freeze_video_layers=1, init_from=None)]:
+        with pytest.raises(ValueError, match="freeze_video_layers"):
+            tiny_config(store, **{"init_from": str(stage1), **bad})
+
     # another seed of the same stage 2 shares the frozen encoder: the two combine into an ensemble
     other = train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1), seed=1), tmp_path / "joint_s1", progress=False)
     save_ensemble([tmp_path / "joint" / "final", other], tmp_path / "ensemble", "s2-ensemble")

@@ -752,10 +752,11 @@ class WorldValueModel(nn.Module):
         # One fixed noise sample for inference: deterministic, batch-independent outputs.
         self.register_buffer("inference_value_noise", torch.randn(1, config.samples_per_episode, generator=generator), persistent=False)
 
-    def video_parameters(self):
-        """The video stream's weights (backbone + its half of every joint layer)."""
+    def video_parameters(self, layers: int | None = None):
+        """The video stream's weights: backbone + its half of every joint layer, or of the
+        lowest `layers` only."""
         yield from self.video.parameters()
-        for layer in self.layers:
+        for layer in self.layers[:layers]:
             yield from layer.video.parameters()
 
     # latents
@@ -950,7 +951,7 @@ class StaticValueModel(nn.Module):
     encode_frames = WorldValueModel.encode_frames
     encode_and_score = WorldValueModel.encode_and_score
 
-    def video_parameters(self):
+    def video_parameters(self, layers: int | None = None):
         return iter(())
 
     def forward(self, latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

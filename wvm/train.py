@@ -61,6 +61,9 @@ class TrainConfig:
     init_autoencoder: str | None = None  # reuse this checkpoint's frozen encoder, skip that phase
     init_from: str | None = None  # start from all of this checkpoint's weights (stage 2 from stage 1)
     freeze_video: bool = False  # train the value stream only (the "frozen video stream" ablation)
+    # keep the video stream's embedding and its half of the lowest N joint layers at their
+    # stage-1 weights and train the layers above: stage 1's features without its whole stream
+    freeze_video_layers: int = 0
     # the video stream learns at this fraction of `lr` in joint training: between a frozen
     # stage-1 world model (0, `freeze_video`) and one the value loss may rewrite freely (1)
     video_lr_scale: float = 1.0
@@ -86,6 +89,10 @@ class TrainConfig:
     def __post_init__(self):
         if not 0 < self.video_lr_scale <= 1:
             raise ValueError(f"video_lr_scale must be in (0, 1] (freeze_video for 0), got {self.video_lr_scale}")
+        if self.freeze_video_layers and (self.freeze_video or not self.init_from):
+            raise ValueError("freeze_video_layers keeps stage 1's lower layers: it needs init_from and not freeze_video (which freezes them all)")
+        if not 0 <= self.freeze_video_layers < WVMConfig.from_dict(self.model).depth:
+            raise ValueError(f"freeze_video_layers must leave a layer to train (0 to depth - 1), got {self.freeze_video_layers}")
         if unknown := set(self.edit_lag_kinds) - set(EDIT_KINDS):
             raise ValueError(f"edit_lag_kinds must be among {EDIT_KINDS}, got {sorted(unknown)}")
         if self.reverse_p and self.model.get("reads_text", True):
@@ -289,6 +296,8 @@ class Trainer:
         frozen = {id(p) for p in model.autoencoder.parameters()}
         if cfg.freeze_video:
             frozen |= {id(p) for p in model.video_parameters()}
+        elif cfg.freeze_video_layers:
+            frozen |= {id(p) for p in model.video_parameters(cfg.freeze_video_layers)}
         if mc.kind == "wvm" and mc.value_loss_weight == 0:  # stage 1: the value stream is idle
             frozen |= {id(p) for p in model.value.parameters()} | {id(p) for layer in model.layers for p in layer.value.parameters()}
         trainable = [p for p in model.parameters() if id(p) not in frozen]
