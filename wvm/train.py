@@ -5,7 +5,7 @@ The WVM recipe has two stages, each one `wvm train` run (issue #10):
    the rest of an episode's latents from its start, on every video we have (labels not needed);
 2. joint training: `init_from` the stage-1 checkpoint; the value stream joins. The paper's
    ablations are configs: no stage 1 ("video stream from scratch"), `freeze_video`, and
-   `video_loss_weight` 0 ("no video loss").
+   `video_loss_weight` 0 ("no video loss"); `freeze_video_layers` keeps only the lower layers.
 
 A run directory holds the config, `log.jsonl` (one line per logged step), `checkpoints/latest`
 (model + optimizer + RNG, for resume) and `final` (the deliverable checkpoint).
