@@ -1,4 +1,4 @@
-"""Row 80 probe: the shared stage-1 autoencoder's reconstruction error (the OOD score's raw
+"""Row 80 probe: a checkpoint's autoencoder reconstruction error (the OOD score's raw
 material, wvm.model.WorldValueModel.encode_and_score) per camera: the training camera, the
 stage-1-only views (jittered corner3, topview) and the unseen corner2.
 
@@ -8,7 +8,7 @@ stage-1-only views (jittered corner3, topview) and the unseen corner2.
         topview=data/mw_views21,observation.images.topview
 """
 
-import sys
+import argparse
 
 import numpy as np
 import torch
@@ -29,9 +29,13 @@ def frames_of(dataset: str, camera: str | None, episodes: int = 60, every: int =
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("sets", nargs="+", metavar="NAME=DATASET[,CAMERA]")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    model = load_model(sys.argv[1]).model.eval()
-    for spec in sys.argv[2:]:
+    model = load_model(args.checkpoint).model.eval()
+    for spec in args.sets:
         name, where = spec.split("=", 1)
         dataset, _, camera = where.partition(",")
         frames = torch.from_numpy(frames_of(dataset, camera or None))
