@@ -16,12 +16,12 @@ declare -A ck=(
   ["frozen on views stage 1 and encoder s0"]=runs/abl80b_frozen_views_ae_s0/final ["frozen on views stage 1 and encoder s1"]=runs/abl80b_frozen_views_ae_s1/final
   ["lower 2 frozen on views stage 1 s0"]=runs/abl80_lower2_views_s0/final ["lower 2 frozen on views stage 1 s1"]=runs/abl80_lower2_views_s1/final
 )
-args=() names=()
+args=()
 for name in "v13 s0" "v13 s1" "v13 s2" "lower 2 frozen s0" "lower 2 frozen s1" "lower 2 frozen s2" \
     "frozen, long stage 1 s0" "lower 2 frozen, long stage 1 s0" \
     "frozen on views stage 1 s0" "frozen on views stage 1 s1" "frozen on views stage 1 and encoder s0" "frozen on views stage 1 and encoder s1" "lower 2 frozen on views stage 1 s0" "lower 2 frozen on views stage 1 s1"; do
   [ -e "${ck[$name]}" ] || { echo "skipping $name: ${ck[$name]} not trained" >&2; continue; }
-  args+=(--model "$name=${ck[$name]}") names+=("$name")
+  args+=(--model "$name=${ck[$name]}")
   [ "$mode" = video ] && args+=(--video-only "$name")
 done
 groups=(--group "v13 recipe=v13 s0,v13 s1,v13 s2" --group "lower 2 frozen=lower 2 frozen s0,lower 2 frozen s1,lower 2 frozen s2")
