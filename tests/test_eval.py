@@ -19,7 +19,8 @@ def test_eval_reports_the_reference_calibration_and_the_model(tmp_path):
     out = tmp_path / "eval"
     # the camera named explicitly (NAME=DATASET,LABELS,CAMERA; empty LABELS: the file beside it)
     bench = f"fixture={METAWORLD_MINI},,observation.images.corner"
-    cmd = [sys.executable, "-m", "wvm.cli", "eval", "--bench", bench, "--out", str(out)]
+    # one torch thread, as beside a running training
+    cmd = [sys.executable, "-m", "wvm.cli", "eval", "--bench", bench, "--threads", "1", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())

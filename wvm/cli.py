@@ -293,7 +293,7 @@ def _eval(args: argparse.Namespace) -> dict:
         benches[name] = load_bench(dataset, labels or None, camera or None)
     handlers = {RAMP: None}
     for name, path in models.items():
-        handler = LocalHandler(path or None)
+        handler = LocalHandler(path or None, threads=args.threads)
         handler.load()
         handlers[name] = handler
     return evaluate(benches, handlers, args.out, groups, set(args.video_only or []))
@@ -328,6 +328,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME",
         help="repeatable; score this --model from the frames alone, as if the benches recorded no robot state",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: all cores; set it beside a running training)"
     )
     p.add_argument("--out", required=True, help="report directory")
     p.set_defaults(run=_eval)
