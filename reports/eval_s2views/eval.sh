@@ -22,8 +22,9 @@ for name in "v13 s0" "80b s2" "80c s0" "80c s1" "80c s2" "from scratch s0" "no v
   args+=(--model "$name=${ck[$name]}")
 done
 for r in 80b 80c; do
-  members=$(for s in 0 1 2; do if [ -e "${ck["$r s$s"]:-/nonexistent}" ]; then printf '%s,' "$r s$s"; fi; done)
-  [ "$(tr -cd , <<<"$members" | wc -c)" -ge 2 ] && groups+=(--group "$r=${members%,}")  # a group once two seeds are trained
+  members=()
+  for s in 0 1 2; do if [ -e "${ck["$r s$s"]:-/nonexistent}" ]; then members+=("$r s$s"); fi; done
+  if [ ${#members[@]} -ge 2 ]; then groups+=(--group "$r=$(IFS=,; echo "${members[*]}")"); fi  # a group once two seeds are trained
 done
 wvm eval --bench reserved=data/mw_bench_reserved --bench reserved_c2=data/mw_bench_reserved_c2 --bench seen=data/mw_bench_seen \
   --bench g1=../shared/fixtures/g1_bottle_v21,expert "${args[@]}" "${groups[@]}" --threads "$threads" --out "$out"
