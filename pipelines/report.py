@@ -207,7 +207,7 @@ def _html(title, summary, images, counts, failures, changes, untrusted) -> str:
         parts.append(
             f"<h2>Labels not to trust: {len(untrusted)} episodes unlike the model's training data</h2>"
             f"<p>Their frames' out-of-distribution score is above {spec.OOD_TRUST_LIMIT} (1 = as unfamiliar as the "
-            "least familiar 1% of training frames). Their labels are written, flagged <code>trusted = false</code> in "
+            "least familiar 1% of the model's training episodes). Their labels are written, flagged <code>trusted = false</code> in "
             "episodes.parquet; check them before training on them.</p>"
             + _table(untrusted, ["source", spec.EPISODE_INDEX, spec.TASK, spec.EMBODIMENT, spec.OOD_SCORE, spec.SUCCESS_PROBABILITY, spec.QUALITY], 50)
         )

@@ -16,9 +16,11 @@ Inputs
 Outputs
   VALUES        FP32   [B, N]               progress at each sample, in [0, 1] (0 at padding)
   OOD           FP32   [B, 1]               out-of-distribution score of the episode's frames:
-                                            mean autoencoder reconstruction error over the
-                                            error 99% of training frames stay under (> 1: unlike
-                                            the training data; labels less trustworthy)
+                                            the mean distance of its frames from the training
+                                            frames over the distance 99% of training episodes
+                                            (or frames) stay under (> 1: unlike the training
+                                            data; labels less trustworthy); the distance is
+                                            the model's ood_score (wvm/model.py WVMConfig)
   SUCCESS       FP32   [B, 1]               the model's probability that the episode succeeded
                                             (the success judgement that scales its values;
                                             NaN for a model without one)

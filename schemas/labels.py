@@ -168,8 +168,8 @@ FRAMES = pa.schema(
     metadata={"wvm.table": "frames", "wvm.schema_version": str(LABELS_SCHEMA_VERSION)},
 )
 
-# An episode whose mean frame reconstruction error is over twice what 99% of the training
-# frames reach is out of the model's distribution: its labels are kept, flagged untrusted.
+# An episode whose frames' mean distance from the training frames is over twice what 99% of
+# the training episodes reach is out of the model's distribution: its labels are kept, flagged untrusted.
 OOD_TRUST_LIMIT = 2.0
 # The QC report counts an episode whose success probability is under this as judged failed.
 JUDGED_FAILED_BELOW = 0.5

@@ -180,6 +180,36 @@ def test_checkpoint_round_trip(tmp_path):
     assert not (tmp_path / "ckpt.tmp").exists()
 
 
+def test_latent_ood_score_is_the_mahalanobis_distance_and_survives_a_checkpoint(tmp_path):
+    """ood_score "latent": fit on latents whose coordinates have known, unequal spreads, the
+    per-frame distance is |z / sigma|, the reference is the training episodes' 99th percentile of
+    their mean distance, and a round trip through a checkpoint keeps all of it."""
+    from wvm.train import fit_latent_density
+
+    model = small_model(ood_score="latent")
+    c, s = model.config.latent_channels, model.config.latent_size
+    sigma = torch.linspace(0.2, 3.0, c * s * s)
+    latents = (torch.randn(40000, c * s * s, generator=torch.Generator().manual_seed(0)) * sigma).reshape(-1, c, s, s)
+    lengths = [100] * 400
+    reference = fit_latent_density(model.autoencoder, latents, lengths, seed=0, count=40000, shrinkage=0.0)
+    probe = torch.zeros(3, c * s * s)
+    probe[0, 0], probe[1, -1], probe[2] = 1.0, 3.0, sigma  # one sigma along the narrowest and widest axes
+    torch.testing.assert_close(model.autoencoder.latent_distance(probe.reshape(3, c, s, s)), torch.tensor([5.0, 1.0, (c * s * s) ** 0.5]), rtol=0.05, atol=0.05)
+    # an episode's mean distance is near the chi distribution's mean, sqrt(dim); its 99th percentile a little above
+    assert (c * s * s) ** 0.5 * 0.95 < reference < (c * s * s) ** 0.5 * 1.1
+    model.config.ood_reference = reference
+    save_model(tmp_path / "ckpt", model, model.config)
+    loaded = load_model(tmp_path / "ckpt")
+    assert loaded.config.ood_score == "latent" and loaded.config.ood_reference == reference
+    torch.testing.assert_close(loaded.model.autoencoder.ood_whiten, model.autoencoder.ood_whiten)
+    frames = torch.randint(0, 256, (2, 5, 64, 64, 3), dtype=torch.uint8)
+    _, ood, _ = answer_episodes(loaded.model, frames, torch.randn(2, 384), torch.tensor([5, 3]))
+    distance = model.autoencoder.latent_distance(model.encode_frames(frames))
+    torch.testing.assert_close(ood, torch.stack([distance[0].mean(), distance[1, :3].mean()]) / reference)
+    with pytest.raises(ValueError, match="ood_score"):
+        WVMConfig(ood_score="pixels")
+
+
 def test_checkpoint_that_does_not_match_its_config(tmp_path):
     model = small_model()
     save_model(tmp_path / "ckpt", model, model.config)

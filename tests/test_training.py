@@ -13,7 +13,10 @@ from safetensors.torch import load_file
 from conftest import METAWORLD_LABELS, METAWORLD_MINI
 from pipelines.engines.base import LocalEngine
 from pipelines.ingest import IngestConfig, run_ingest
+from schemas.labels import OOD_TRUST_LIMIT
 from wvm.checkpoint import CheckpointError, load_model, save_ensemble
+from wvm.data import load_episodes
+from wvm.model import answer_episodes
 from wvm.train import DataSpec, TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -62,6 +65,17 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     assert "autoencoder" not in {r["phase"] for r in frozen_log}
     stage2 = [r for r in frozen_log if r["phase"] == "wvm"]
     assert stage2 and all(r["progress"] > 0 for r in stage2)  # the trainer gave every batch its task halves
+
+    # ood_score "latent" from a stage 1 without it: the run fits the latent Gaussian on its own
+    # frames; its training episodes score about 1 or less, frames of noise far above the flag
+    latent = load_model(train(tiny_config(store, model={**frozen_model, "ood_score": "latent"}, init_from=str(stage1), freeze_video=True, steps=2), tmp_path / "latent", progress=False))
+    assert latent.config.ood_reference > 0 and latent.model.autoencoder.ood_whiten.abs().sum() > 0
+    episodes = load_episodes(str(store), str(METAWORLD_LABELS))
+    trained = torch.stack([torch.from_numpy(e.frames[:: max(1, len(e.frames) // 8)][:8]) for e in episodes])
+    noise = torch.randint(0, 256, trained.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    text, lengths = torch.zeros(len(trained), 384), torch.full((len(trained),), trained.shape[1])
+    assert answer_episodes(latent.model, trained, text, lengths)[1].max() < 1.5
+    assert answer_episodes(latent.model, noise, text, lengths)[1].min() > OOD_TRUST_LIMIT
 
     # the full stage 2 trains the video stream on from stage 1's weights
     joint = load_model(train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1)), tmp_path / "joint", progress=False))

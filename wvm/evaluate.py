@@ -222,7 +222,7 @@ def render_report(results: dict, counts: dict, versions: dict, benches: list[str
                 lines.append(f"| {group} | " + " | ".join(f"{r[m][0]:.3f} [{r[m][1]:.3f}, {r[m][2]:.3f}]" for m in METRICS) + " |")
         lines += ["", f"Per task and kind: [plots/{bench}.png](plots/{bench}.png)", ""]
     lines += ["OOD score: the bench's mean out-of-distribution score (1 = as unfamiliar as the least familiar 1% of "
-              "training frames; episodes above 2 are flagged untrusted when relabelling). nan: not a model.", ""]
+              "training episodes, or frames for models before v14; episodes above 2 are flagged untrusted when relabelling). nan: not a model.", ""]
     if versions:
         lines += ["Models: " + ", ".join(f"{m} = `{v}` (sha256 {h})" for m, (v, h) in versions.items()), ""]
     return "\n".join(lines)

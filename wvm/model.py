@@ -138,8 +138,14 @@ class WVMConfig:
     # filled in after the autoencoder is trained: latents are normalised with these
     latent_mean: float = 0.0
     latent_std: float = 1.0
-    # per-frame autoencoder reconstruction error (MSE on [-1, 1] pixels) that 99% of the training
-    # frames stay under; an episode far above it is unlike anything the model was trained on
+    # How unlike the training frames a frame is (the out-of-distribution score's raw material):
+    # "reconstruction": the autoencoder's error (MSE on [-1, 1] pixels), with `ood_reference`
+    # the error 99% of the training frames stay under; "latent": the Mahalanobis distance of the
+    # frame's latent from a Gaussian fit to the training frames' latents (FrameAutoencoder's
+    # ood_* buffers), with `ood_reference` the episode-mean distance 99% of the training episodes
+    # stay under. An autoencoder trained on several cameras reconstructs a new robot nearly as
+    # well as its worst training camera, so the error alone stops flagging it (experiment log row 82).
+    ood_score: str = "reconstruction"
     ood_reference: float = 0.0
     # provenance
     # "small" (SmallVideoBackbone), or "package.module:factory" for another video backbone:
@@ -170,6 +176,8 @@ class WVMConfig:
             raise ValueError("value_reads_state_features false needs value_reads_state_rates (the state's only way in)")
         if self.members < 1:
             raise ValueError(f"members must be at least 1, got {self.members}")
+        if self.ood_score not in ("reconstruction", "latent"):
+            raise ValueError(f"ood_score must be 'reconstruction' or 'latent', got {self.ood_score!r}")
 
     @property
     def latent_size(self) -> int:
@@ -235,6 +243,16 @@ class FrameAutoencoder(nn.Module):
                     nn.GroupNorm(8, out_ch), nn.SiLU(), nn.Conv2d(out_ch, out_ch, 3, padding=1)]  # fmt: skip
             in_ch = out_ch
         self.decoder = nn.Sequential(*dec, nn.SiLU(), nn.Conv2d(in_ch, 3, 3, padding=1))
+        if config.ood_score == "latent":  # filled in by wvm.train.fit_latent_density
+            dim = c * config.latent_size**2
+            self.register_buffer("ood_center", torch.zeros(dim))
+            self.register_buffer("ood_whiten", torch.zeros(dim, dim))
+
+    def latent_distance(self, latents: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance of normalised latents (..., C, S, S) from the training frames'
+        Gaussian: (...)."""
+        z = latents.flatten(-3).float() - self.ood_center.float()
+        return (z @ self.ood_whiten.float()).norm(dim=-1)
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder(x).chunk(2, dim=1)
@@ -768,16 +786,19 @@ class WorldValueModel(nn.Module):
 
     @torch.no_grad()
     def encode_and_score(self, frames: torch.Tensor, score: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 (B, F, H, W, 3) -> (normalised latents (B, F, C, S, S), per-frame autoencoder
-        MSE (B, F) or None): the error says how unlike the training frames these are (the
-        out-of-distribution score's raw material). One encoder pass serves both."""
+        """uint8 (B, F, H, W, 3) -> (normalised latents (B, F, C, S, S), per-frame distance
+        from the training frames (B, F) or None: the autoencoder's error or the latent's
+        Mahalanobis distance, by `ood_score`). One encoder pass serves both."""
         b, f = frames.shape[:2]
         size = self.config.image_size
         x = preprocess(frames, size).reshape(b * f, 3, size, size)
         mean = self.autoencoder.encode(x)
         latents = ((mean - self.config.latent_mean) / self.config.latent_std).reshape(b, f, *mean.shape[1:])
-        error = ((self.autoencoder.decode(mean) - x) ** 2).mean(dim=(1, 2, 3)).reshape(b, f) if score else None
-        return latents, error
+        if not score:
+            return latents, None
+        if self.config.ood_score == "latent":
+            return latents, self.autoencoder.latent_distance(latents)
+        return latents, ((self.autoencoder.decode(mean) - x) ** 2).mean(dim=(1, 2, 3)).reshape(b, f)
 
     # the joint network
 
@@ -987,9 +1008,9 @@ def answer_episodes(
     model: nn.Module, frames: torch.Tensor, text: torch.Tensor, lengths: torch.Tensor, states: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What a request is answered with (schemas/inference.py): values (B, N); each episode's
-    out-of-distribution score (B,), the mean reconstruction error of its real frames over
-    `ood_reference` (about 1 or less for frames like the training data; 0 when the checkpoint
-    has no reference); and its probability of success (B,) (NaN for a model without one)."""
+    out-of-distribution score (B,), the mean distance of its real frames from the training frames
+    (`ood_score`) over `ood_reference` (about 1 or less for episodes like the training data; 0
+    when the checkpoint has no reference); and its probability of success (B,) (NaN for a model without one)."""
     latents, frame_error = model.encode_and_score(frames)
     values, success = model.judge_latents(latents, text, lengths, states)
     valid = valid_mask(lengths, frames.shape[1]).float()

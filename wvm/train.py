@@ -32,6 +32,7 @@ from wvm.model import Batch, WVMConfig, build_model, preprocess
 from wvm.text import TextEncoder
 
 log = logging.getLogger(__name__)
+REFIT = ("autoencoder.ood_",)  # weights every run recomputes, so a donor checkpoint may lack them
 
 
 @dataclass
@@ -186,11 +187,13 @@ class Trainer:
                     # the value stream's input and output layers start fresh: stage 1 never
                     # trained them, and stage 2 may read different inputs (value_reads_*)
                     taken = {k: v for k, v in donor.model.state_dict().items() if not k.startswith("value.")}
-                    missing = [k for k in model.load_state_dict(taken, strict=False).missing_keys if not k.startswith("value.")]
+                    missing = [k for k in model.load_state_dict(taken, strict=False).missing_keys if not k.startswith(("value.", *REFIT))]
                     if missing:
                         raise CheckpointError(f"{cfg.init_from}: lacks weights {missing[:5]}")
                 else:
-                    model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict())
+                    missing = model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict(), strict=False).missing_keys
+                    if [k for k in missing if not f"autoencoder.{k}".startswith(REFIT)]:
+                        raise CheckpointError(f"{cfg.init_autoencoder}: lacks autoencoder weights {missing[:5]}")
                 for key in ("latent_mean", "latent_std", "ood_reference"):
                     setattr(self.model_config, key, getattr(donor.config, key))
                 phase = "value"
@@ -250,7 +253,7 @@ class Trainer:
         ae.eval()
 
     @torch.no_grad()
-    def _encode_views(self, model, views: torch.Tensor) -> torch.Tensor:
+    def _encode_views(self, model, views: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """Normalised latents of every view of every frame, float16 (views, frames, C, S, S)."""
         mc = self.model_config
         ae = model.autoencoder.eval()
@@ -263,9 +266,12 @@ class Trainer:
         if mc.latent_std == 1.0 and mc.latent_mean == 0.0:  # first time: fix the normalisation
             mc.latent_mean = float(latents[0].mean())
             mc.latent_std = float(latents[0].std())
-        if not mc.ood_reference:
+        normalised = ((latents - mc.latent_mean) / mc.latent_std).half()
+        if mc.ood_score == "latent":  # every run fits it on its own frames: those its values were trained on
+            mc.ood_reference = fit_latent_density(model.autoencoder, normalised[0], lengths, self.config.seed)
+        elif not mc.ood_reference:
             mc.ood_reference = self._ood_reference(model, views[0])
-        return ((latents - mc.latent_mean) / mc.latent_std).half()
+        return normalised
 
     @torch.no_grad()
     def _ood_reference(self, model, frames: torch.Tensor, count: int = 4096) -> float:
@@ -276,7 +282,7 @@ class Trainer:
 
     def _train_value(self, model, episodes: list[TrainingEpisode], views: torch.Tensor, rng, start: int, tensors) -> None:
         cfg, mc = self.config, self.model_config
-        latents = self._encode_views(model, views)
+        latents = self._encode_views(model, views, [len(e.frames) for e in episodes])
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = EpisodeSampler(
@@ -357,6 +363,31 @@ def episode_states(episodes: list[TrainingEpisode]) -> torch.Tensor:
     recorded without one."""
     width = max((e.states.shape[1] for e in episodes if e.states is not None), default=1)
     return torch.from_numpy(np.concatenate([pad_state(e.states, len(e.values), width) for e in episodes]))
+
+
+@torch.no_grad()
+def fit_latent_density(
+    autoencoder, latents: torch.Tensor, lengths: list[int], seed: int, count: int = 20000, shrinkage: float = 1e-2, quantile: float = 0.99
+) -> float:
+    """Fit the Gaussian behind `ood_score` "latent" to (a sample of) the training frames'
+    normalised latents (frames, C, S, S), in frame order of episodes of `lengths`: store its
+    centre and whitening matrix in the autoencoder's ood_* buffers, and return the reference,
+    the episode-mean distance `quantile` of the training episodes stay under. `shrinkage` (times
+    the mean variance, added to the diagonal) keeps directions the training frames never vary in
+    from dominating the distance (row 82: 1e-3 to 1e-1 all separate the fixtures' real robots)."""
+    flat = latents.flatten(1)
+    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(flat), min(count, len(flat)), replace=False))
+    sample = flat[pick].double()
+    center = sample.mean(0)
+    covariance = torch.cov(sample.T)
+    covariance += shrinkage * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
+    autoencoder.ood_center.copy_(center.float())
+    # P = L L^T, so |(z - c) L| is the Mahalanobis distance
+    autoencoder.ood_whiten.copy_(torch.linalg.cholesky(torch.linalg.inv(covariance)).float())
+    device = autoencoder.ood_center.device
+    distance = torch.cat([autoencoder.latent_distance(chunk.to(device)).cpu() for chunk in latents.split(8192)])
+    per_episode = torch.stack([d.mean() for d in distance.split(lengths)])
+    return float(torch.quantile(per_episode, quantile))
 
 
 def train(config: TrainConfig, out: str | Path, progress: bool = True) -> Path:
