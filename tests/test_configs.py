@@ -17,11 +17,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = "wvm_small.json"
 # per ablation: the keys it may change besides its version string
 ABLATIONS = {
-    "wvm_no_video.json": {"init_from", "init_autoencoder"},
-    "wvm_scratch.json": {"init_from", "init_autoencoder", "model.video_loss_weight"},
-    "wvm_frozen_video.json": {"freeze_video", "model.video_loss_weight"},
-    "wvm_frozen_random.json": {"freeze_video", "init_from", "init_autoencoder", "model.video_loss_weight"},
-    "wvm_frozen_lower.json": {"freeze_video_layers"},
+    "wvm_no_video.json": {"init_from", "init_autoencoder", "freeze_video", "model.video_loss_weight"},
+    "wvm_scratch.json": {"init_from", "init_autoencoder", "freeze_video"},
+    "wvm_joint_video.json": {"freeze_video"},
+    "wvm_frozen_random.json": {"init_from", "init_autoencoder"},
+    "wvm_frozen_lower.json": {"freeze_video", "freeze_video_layers"},
 }
 
 
@@ -54,11 +54,13 @@ def test_ablation_differs_from_the_shipped_recipe_only_in_its_own_keys(name):
 def test_ablations_do_what_their_names_say():
     load = {name: TrainConfig.from_file(CONFIGS / name) for name in [SHIPPED, *ABLATIONS]}
     weight = {name: WVMConfig.from_dict(c.model).video_loss_weight for name, c in load.items()}
-    assert load[SHIPPED].init_from and not load[SHIPPED].freeze_video  # stage 2 starts from stage 1
+    assert load[SHIPPED].init_from and load[SHIPPED].freeze_video  # stage 2 reads stage 1's frozen world model
     assert not load["wvm_no_video.json"].init_from and weight["wvm_no_video.json"] == 0  # encoder only, no video loss
     assert not load["wvm_scratch.json"].init_from and weight["wvm_scratch.json"] > 0  # world-model loss, no stage 1
-    assert load["wvm_frozen_video.json"].init_from and load["wvm_frozen_video.json"].freeze_video
+    assert load["wvm_joint_video.json"].init_from and not load["wvm_joint_video.json"].freeze_video  # stage 1's stream trained on
     assert not load["wvm_frozen_random.json"].init_from and load["wvm_frozen_random.json"].freeze_video
     assert load["wvm_frozen_lower.json"].init_from and 0 < load["wvm_frozen_lower.json"].freeze_video_layers
+    for name in ("wvm_no_video.json", "wvm_scratch.json", "wvm_joint_video.json", "wvm_frozen_lower.json"):
+        assert not load[name].freeze_video, name
     # every video-stream ablation shares stage 1's encoder weights (its latent normalisation may differ: row 77)
     assert all(c.init_from or c.init_autoencoder for c in load.values())

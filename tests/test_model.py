@@ -180,24 +180,30 @@ def test_checkpoint_round_trip(tmp_path):
     assert not (tmp_path / "ckpt.tmp").exists()
 
 
-def test_latent_ood_score_is_the_mahalanobis_distance_and_survives_a_checkpoint(tmp_path):
-    """ood_score "latent": fit on latents whose coordinates have known, unequal spreads, the
-    per-frame distance is |z / sigma|, the reference is the training episodes' 99th percentile of
-    their mean distance, and a round trip through a checkpoint keeps all of it."""
+def test_latent_ood_score_is_the_distance_to_the_nearest_domain_and_survives_a_checkpoint(tmp_path):
+    """ood_score "latent": fit on two domains of latents whose coordinates have known, unequal
+    spreads, one of them shifted, the per-frame distance is |(z - c) / sigma| to the nearer
+    domain's centre c, the reference is the training episodes' 99th percentile of their mean
+    distance, and a round trip through a checkpoint keeps all of it."""
     from wvm.train import fit_latent_density
 
     model = small_model(ood_score="latent")
     c, s = model.config.latent_channels, model.config.latent_size
-    sigma = torch.linspace(0.2, 3.0, c * s * s)
-    latents = (torch.randn(40000, c * s * s, generator=torch.Generator().manual_seed(0)) * sigma).reshape(-1, c, s, s)
-    lengths = [100] * 400
-    reference = fit_latent_density(model.autoencoder, latents, lengths, seed=0, count=40000, shrinkage=0.0)
-    probe = torch.zeros(3, c * s * s)
+    dim = c * s * s
+    sigma = torch.linspace(0.2, 3.0, dim)
+    shift = torch.full((dim,), 50.0)
+    noise = torch.randn(40000, dim, generator=torch.Generator().manual_seed(0)) * sigma
+    latents = torch.cat([noise[:20000], noise[20000:] + shift]).reshape(-1, c, s, s)
+    lengths, groups = [100] * 400, ["a"] * 200 + ["b"] * 200
+    reference = fit_latent_density(model.autoencoder, latents, lengths, groups, seed=0, count=20000, shrinkage=0.0)
+    assert model.autoencoder.ood_center.shape == (2, dim)
+    probe = torch.zeros(4, dim)
     probe[0, 0], probe[1, -1], probe[2] = 1.0, 3.0, sigma  # one sigma along the narrowest and widest axes
-    torch.testing.assert_close(model.autoencoder.latent_distance(probe.reshape(3, c, s, s)), torch.tensor([5.0, 1.0, (c * s * s) ** 0.5]), rtol=0.05, atol=0.05)
+    probe[3] = shift + sigma  # the same from the other domain's centre
+    torch.testing.assert_close(model.autoencoder.latent_distance(probe.reshape(4, c, s, s)), torch.tensor([5.0, 1.0, dim**0.5, dim**0.5]), rtol=0.05, atol=0.05)
     # an episode's mean distance is near the chi distribution's mean, sqrt(dim); its 99th percentile a little above
-    assert (c * s * s) ** 0.5 * 0.95 < reference < (c * s * s) ** 0.5 * 1.1
-    model.config.ood_reference = reference
+    assert dim**0.5 * 0.95 < reference < dim**0.5 * 1.1
+    model.config.ood_reference, model.config.ood_groups = reference, 2
     save_model(tmp_path / "ckpt", model, model.config)
     loaded = load_model(tmp_path / "ckpt")
     assert loaded.config.ood_score == "latent" and loaded.config.ood_reference == reference

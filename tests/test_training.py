@@ -17,7 +17,7 @@ from schemas.labels import OOD_TRUST_LIMIT
 from wvm.checkpoint import CheckpointError, load_model, save_ensemble
 from wvm.data import load_episodes
 from wvm.model import answer_episodes
-from wvm.train import DataSpec, TrainConfig, train
+from wvm.train import DataSpec, TrainConfig, Trainer, train
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +76,13 @@ def test_stage_two_starts_from_stage_one(store, tmp_path):
     text, lengths = torch.zeros(len(trained), 384), torch.full((len(trained),), trained.shape[1])
     assert answer_episodes(latent.model, trained, text, lengths)[1].max() < 1.5
     assert answer_episodes(latent.model, noise, text, lengths)[1].min() > OOD_TRUST_LIMIT
+    # `wvm train --refit-ood`: the same fit for a checkpoint trained without it (here the frozen
+    # run's), as training does it: the latent run's statistics exactly, its weights untouched
+    latent_config = tiny_config(store, model={**frozen_model, "ood_score": "latent"}, init_from=str(stage1), freeze_video=True)
+    refit = load_model(Trainer(latent_config, tmp_path / "refit", progress=False).refit_ood(frozen))
+    assert refit.config.ood_reference == latent.config.ood_reference and refit.config.ood_groups == latent.config.ood_groups == 1
+    assert torch.equal(refit.model.autoencoder.ood_whiten, latent.model.autoencoder.ood_whiten)
+    assert all(torch.equal(v, second.model.state_dict()[k]) for k, v in refit.model.state_dict().items() if not k.startswith("autoencoder.ood_"))
 
     # the full stage 2 trains the video stream on from stage 1's weights
     joint = load_model(train(tiny_config(store, model={"version": "s2", **V3}, init_from=str(stage1)), tmp_path / "joint", progress=False))

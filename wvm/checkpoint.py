@@ -63,7 +63,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, config: WVMConfig)
     return file_hash(directory / MODEL_FILE)
 
 
-def _read_config(directory: Path) -> WVMConfig:
+def read_config(directory: Path) -> WVMConfig:
     weights, config_path = directory / MODEL_FILE, directory / CONFIG_FILE
     for path in (weights, config_path):
         if not path.exists():
@@ -94,7 +94,7 @@ def checkpoint_identity(directory: str | Path | None = None) -> tuple[str, str]:
     """(model version, checkpoint hash) of a checkpoint, checked against its config like
     `load_model` does, without loading its weights: the driver of a run needs only this."""
     directory = Path(directory or DEFAULT_CHECKPOINT)
-    config = _read_config(directory)
+    config = read_config(directory)
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
     try:
@@ -111,7 +111,7 @@ def load_model(directory: str | Path | None = None, device: str = "cpu", fresh_p
     may be missing and keep their initialisation (stage 2 adds value-stream parts that a
     stage-1 checkpoint never trained)."""
     directory = Path(directory or DEFAULT_CHECKPOINT)
-    config = _read_config(directory)
+    config = read_config(directory)
     weights = directory / MODEL_FILE
     model = build_model(config)
     try:

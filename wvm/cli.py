@@ -216,13 +216,13 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> dict:
-    from wvm.train import TrainConfig, train
+    from wvm.train import TrainConfig, Trainer, train
 
     config = TrainConfig.from_file(args.config)
     for key in ("seed", "device", "precision", "steps", "ae_steps", "threads", "init_autoencoder", "init_from"):
         if getattr(args, key) is not None:
             setattr(config, key, getattr(args, key))
-    final = train(config, args.out)
+    final = Trainer(config, args.out).refit_ood(args.refit_ood) if args.refit_ood else train(config, args.out)
     return {"checkpoint": str(final), "log": str(Path(args.out) / "log.jsonl")}
 
 
@@ -244,6 +244,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--init-autoencoder", default=None, help="take the frozen encoder from this checkpoint, skip its training")
     p.add_argument("--init-from", default=None, help="start from all weights of this checkpoint (stage 2 from a stage-1 run)")
+    p.add_argument(
+        "--refit-ood",
+        metavar="CHECKPOINT",
+        default=None,
+        help="train nothing: give this trained checkpoint the latent OOD score, fit on the config's data as training "
+        "fits it (same seed), into OUT/final; for checkpoints trained before ood_score 'latent'",
+    )
     p.set_defaults(run=_train)
 
 

@@ -32,6 +32,7 @@ class TrainingEpisode:
     fps: float
     source: str  # for logs: store url + episode index
     states: np.ndarray | None = None  # float32 (T, S) the robot's state per frame, when recorded
+    camera: str = ""  # the camera key its frames are from
 
 
 EVERY_CAMERA = "all"  # DataSpec.camera: each camera of an episode is a training episode of its own
@@ -65,6 +66,7 @@ def load_episodes(store_url: str, labels_url: str | None = None, camera: str | N
                     row[layout.FPS],
                     f"{store_url}#{index}/{cam}",
                     None if states is None else np.asarray(states, np.float32),
+                    cam,
                 )
             )
     log.info("loaded %d episodes (%d frames) from %s", len(episodes), sum(len(e.values) for e in episodes), store_url)

@@ -141,12 +141,14 @@ class WVMConfig:
     # How unlike the training frames a frame is (the out-of-distribution score's raw material):
     # "reconstruction": the autoencoder's error (MSE on [-1, 1] pixels), with `ood_reference`
     # the error 99% of the training frames stay under; "latent": the Mahalanobis distance of the
-    # frame's latent from a Gaussian fit to the training frames' latents (FrameAutoencoder's
-    # ood_* buffers), with `ood_reference` the episode-mean distance 99% of the training episodes
-    # stay under. An autoencoder trained on several cameras reconstructs a new robot nearly as
-    # well as its worst training camera, so the error alone stops flagging it (experiment log row 82).
+    # frame's latent from the nearest of `ood_groups` Gaussians, one fit to the training latents
+    # of each camera of each data source (FrameAutoencoder's ood_* buffers), with `ood_reference`
+    # the episode-mean distance 99% of the training episodes stay under. An autoencoder trained
+    # on several cameras reconstructs a new robot nearly as well as its worst training camera, so
+    # its error alone stops flagging it; one Gaussian over every camera is too broad (row 82).
     ood_score: str = "reconstruction"
     ood_reference: float = 0.0
+    ood_groups: int = 0  # set when the Gaussians are fit
     # provenance
     # "small" (SmallVideoBackbone), or "package.module:factory" for another video backbone:
     # factory(config) -> nn.Module with patchify / embed / head and the per-layer stream
@@ -245,14 +247,17 @@ class FrameAutoencoder(nn.Module):
         self.decoder = nn.Sequential(*dec, nn.SiLU(), nn.Conv2d(in_ch, 3, 3, padding=1))
         if config.ood_score == "latent":  # filled in by wvm.train.fit_latent_density
             dim = c * config.latent_size**2
-            self.register_buffer("ood_center", torch.zeros(dim))
-            self.register_buffer("ood_whiten", torch.zeros(dim, dim))
+            self.register_buffer("ood_center", torch.zeros(config.ood_groups, dim))
+            self.register_buffer("ood_whiten", torch.zeros(config.ood_groups, dim, dim))
 
     def latent_distance(self, latents: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance of normalised latents (..., C, S, S) from the training frames'
-        Gaussian: (...)."""
-        z = latents.flatten(-3).float() - self.ood_center.float()
-        return (z @ self.ood_whiten.float()).norm(dim=-1)
+        """Mahalanobis distance of normalised latents (..., C, S, S) from the nearest of the
+        training frames' Gaussians: (...)."""
+        z = latents.flatten(-3).float()
+        shape, z = z.shape[:-1], z.reshape(-1, z.shape[-1])
+        # (frames, groups): |(z - c_g) W_g| for each group g
+        distance = torch.stack([((z - c) @ w).norm(dim=-1) for c, w in zip(self.ood_center.float(), self.ood_whiten.float())], dim=-1)
+        return distance.min(dim=-1).values.reshape(shape)
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder(x).chunk(2, dim=1)

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,13 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from schemas.inference import pad_state
-from wvm.checkpoint import CheckpointError, load_model, save_model
+from wvm.checkpoint import CheckpointError, load_model, read_config, save_model
 from wvm.data import EDIT_KINDS, EpisodeSampler, TrainingEpisode, augment, load_episodes
 from wvm.model import Batch, WVMConfig, build_model, preprocess
 from wvm.text import TextEncoder
 
 log = logging.getLogger(__name__)
-REFIT = ("autoencoder.ood_",)  # weights every run recomputes, so a donor checkpoint may lack them
+REFIT = ("autoencoder.ood_",)  # the OOD score's statistics: each run fits its own, never a donor's
 
 
 @dataclass
@@ -166,9 +166,7 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        episodes = [e for spec in cfg.data for e in load_episodes(spec.store, spec.labels, spec.camera)]
-        if not episodes:
-            raise CheckpointError("no training episodes")
+        episodes = self._load_episodes()
         resumed = self._resume()
         phase, start, model, tensors = "autoencoder", 0, None, None
         if resumed:
@@ -186,16 +184,18 @@ class Trainer:
                 if cfg.init_from:
                     # the value stream's input and output layers start fresh: stage 1 never
                     # trained them, and stage 2 may read different inputs (value_reads_*)
-                    taken = {k: v for k, v in donor.model.state_dict().items() if not k.startswith("value.")}
+                    taken = {k: v for k, v in donor.model.state_dict().items() if not k.startswith(("value.", *REFIT))}
                     missing = [k for k in model.load_state_dict(taken, strict=False).missing_keys if not k.startswith(("value.", *REFIT))]
                     if missing:
                         raise CheckpointError(f"{cfg.init_from}: lacks weights {missing[:5]}")
                 else:
-                    missing = model.autoencoder.load_state_dict(donor.model.autoencoder.state_dict(), strict=False).missing_keys
-                    if [k for k in missing if not f"autoencoder.{k}".startswith(REFIT)]:
+                    encoder = {k: v for k, v in donor.model.autoencoder.state_dict().items() if not f"autoencoder.{k}".startswith(REFIT)}
+                    missing = [k for k in model.autoencoder.load_state_dict(encoder, strict=False).missing_keys if not f"autoencoder.{k}".startswith(REFIT)]
+                    if missing:
                         raise CheckpointError(f"{cfg.init_autoencoder}: lacks autoencoder weights {missing[:5]}")
-                for key in ("latent_mean", "latent_std", "ood_reference"):
-                    setattr(self.model_config, key, getattr(donor.config, key))
+                self.model_config.latent_mean, self.model_config.latent_std = donor.config.latent_mean, donor.config.latent_std
+                if donor.config.ood_score == self.model_config.ood_score == "reconstruction":  # "latent" refits
+                    self.model_config.ood_reference = donor.config.ood_reference
                 phase = "value"
         views = self._views(episodes)
         if phase == "autoencoder":
@@ -209,15 +209,39 @@ class Trainer:
         self._log({"phase": "done", "checkpoint": str(final), "hash": checkpoint_hash})
         return final
 
+    def refit_ood(self, checkpoint: str | Path) -> Path:
+        """A trained checkpoint with `ood_score` "latent" fit on this config's training data,
+        as `wvm train` fits it when value training starts (same frames, seed and code), into
+        OUT/final; the weights are unchanged. For checkpoints trained before the score existed."""
+        checkpoint = Path(checkpoint)
+        self.model_config = replace(read_config(checkpoint), ood_score="latent", ood_groups=0, ood_reference=0.0)
+        model = build_model(self.model_config).to(self.device).eval()
+        weights = {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items() if not k.startswith(REFIT)}
+        if missing := [k for k in model.load_state_dict(weights, strict=False).missing_keys if not k.startswith(REFIT)]:
+            raise CheckpointError(f"{checkpoint}: lacks weights {missing[:5]}")
+        episodes = self._load_episodes()
+        self._encode_views(model, self._views(episodes, variants=1), [len(e.frames) for e in episodes], self.domains)
+        digest = save_model(self.out / "final", model, self.model_config)
+        self._log({"phase": "refit_ood", "from": str(checkpoint), "ood_groups": self.model_config.ood_groups, "hash": digest})
+        return self.out / "final"
+
+    def _load_episodes(self) -> list[TrainingEpisode]:
+        """The config's training episodes; `self.domains` their data source and camera each (the OOD score's groups)."""
+        loaded = [(spec, e) for spec in self.config.data for e in load_episodes(spec.store, spec.labels, spec.camera)]
+        if not loaded:
+            raise CheckpointError("no training episodes")
+        self.domains = [f"{spec.store} {e.camera}" for spec, e in loaded]
+        return [e for _, e in loaded]
+
     @torch.no_grad()
-    def _views(self, episodes: list[TrainingEpisode]) -> torch.Tensor:
+    def _views(self, episodes: list[TrainingEpisode], variants: int | None = None) -> torch.Tensor:
         """Every frame under `aug_variants` views at the model's input size, uint8
         (views, frames, S, S, 3). View 0 is the inference preprocessing; the others are one
         random augmentation per episode. Made once, batched per episode (fast), and
         deterministic in the seed, so a resumed run sees the same data."""
         cfg, size = self.config, self.model_config.image_size
         views = []
-        for view in tqdm(range(cfg.aug_variants), desc="views", disable=not self.progress):
+        for view in tqdm(range(variants or cfg.aug_variants), desc="views", disable=not self.progress):
             chunks = []
             for e_index, episode in enumerate(episodes):
                 frames = torch.from_numpy(episode.frames)
@@ -253,7 +277,7 @@ class Trainer:
         ae.eval()
 
     @torch.no_grad()
-    def _encode_views(self, model, views: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def _encode_views(self, model, views: torch.Tensor, lengths: list[int], domains: list[str]) -> torch.Tensor:
         """Normalised latents of every view of every frame, float16 (views, frames, C, S, S)."""
         mc = self.model_config
         ae = model.autoencoder.eval()
@@ -268,7 +292,8 @@ class Trainer:
             mc.latent_std = float(latents[0].std())
         normalised = ((latents - mc.latent_mean) / mc.latent_std).half()
         if mc.ood_score == "latent":  # every run fits it on its own frames: those its values were trained on
-            mc.ood_reference = fit_latent_density(model.autoencoder, normalised[0], lengths, self.config.seed)
+            mc.ood_reference = fit_latent_density(model.autoencoder, normalised[0], lengths, domains, self.config.seed)
+            mc.ood_groups = len(set(domains))
         elif not mc.ood_reference:
             mc.ood_reference = self._ood_reference(model, views[0])
         return normalised
@@ -282,7 +307,7 @@ class Trainer:
 
     def _train_value(self, model, episodes: list[TrainingEpisode], views: torch.Tensor, rng, start: int, tensors) -> None:
         cfg, mc = self.config, self.model_config
-        latents = self._encode_views(model, views, [len(e.frames) for e in episodes])
+        latents = self._encode_views(model, views, [len(e.frames) for e in episodes], self.domains)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = EpisodeSampler(
@@ -367,24 +392,31 @@ def episode_states(episodes: list[TrainingEpisode]) -> torch.Tensor:
 
 @torch.no_grad()
 def fit_latent_density(
-    autoencoder, latents: torch.Tensor, lengths: list[int], seed: int, count: int = 20000, shrinkage: float = 1e-2, quantile: float = 0.99
+    autoencoder, latents: torch.Tensor, lengths: list[int], groups: list[str], seed: int,
+    count: int = 20000, shrinkage: float = 1e-2, quantile: float = 0.99,
 ) -> float:
-    """Fit the Gaussian behind `ood_score` "latent" to (a sample of) the training frames'
-    normalised latents (frames, C, S, S), in frame order of episodes of `lengths`: store its
-    centre and whitening matrix in the autoencoder's ood_* buffers, and return the reference,
-    the episode-mean distance `quantile` of the training episodes stay under. `shrinkage` (times
-    the mean variance, added to the diagonal) keeps directions the training frames never vary in
-    from dominating the distance (row 82: 1e-3 to 1e-1 all separate the fixtures' real robots)."""
+    """Fit the Gaussians behind `ood_score` "latent", one per training domain (`groups`: each
+    episode's, e.g. its data source and camera), to (a sample of) the training frames'
+    normalised latents (frames, C, S, S), in frame order of episodes of `lengths`: store their
+    centres and whitening matrices in the autoencoder's ood_* buffers (one row per group), and
+    return the reference, the episode-mean distance `quantile` of the training episodes stay
+    under. `shrinkage` (times the mean variance, added to the diagonal) keeps directions a
+    domain's frames never vary in from dominating the distance."""
     flat = latents.flatten(1)
-    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(flat), min(count, len(flat)), replace=False))
-    sample = flat[pick].double()
-    center = sample.mean(0)
-    covariance = torch.cov(sample.T)
-    covariance += shrinkage * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
-    autoencoder.ood_center.copy_(center.float())
-    # P = L L^T, so |(z - c) L| is the Mahalanobis distance
-    autoencoder.ood_whiten.copy_(torch.linalg.cholesky(torch.linalg.inv(covariance)).float())
-    device = autoencoder.ood_center.device
+    frame_group = np.repeat(np.asarray(groups), lengths)
+    rng = np.random.default_rng(seed)
+    centers, whitens = [], []
+    for group in sorted(set(groups)):
+        rows = np.flatnonzero(frame_group == group)
+        sample = flat[torch.from_numpy(np.sort(rng.choice(rows, min(count, len(rows)), replace=False)))].double()
+        covariance = torch.cov(sample.T)
+        covariance += shrinkage * covariance.diagonal().mean() * torch.eye(len(covariance), dtype=covariance.dtype)
+        centers.append(sample.mean(0))
+        # P = L L^T, so |(z - c) L| is the Mahalanobis distance
+        whitens.append(torch.linalg.cholesky(torch.linalg.inv(covariance)))
+    device = autoencoder.encoder[0].weight.device
+    autoencoder.register_buffer("ood_center", torch.stack(centers).float().to(device))
+    autoencoder.register_buffer("ood_whiten", torch.stack(whitens).float().to(device))
     distance = torch.cat([autoencoder.latent_distance(chunk.to(device)).cpu() for chunk in latents.split(8192)])
     per_episode = torch.stack([d.mean() for d in distance.split(lengths)])
     return float(torch.quantile(per_episode, quantile))
