@@ -255,6 +255,8 @@ class FrameAutoencoder(nn.Module):
         training frames' Gaussians: (...)."""
         z = latents.flatten(-3).float()
         shape, z = z.shape[:-1], z.reshape(-1, z.shape[-1])
+        if not len(self.ood_center):  # not fit yet (an autoencoder-only checkpoint): no score
+            return torch.zeros(shape, device=z.device)
         # (frames, groups): |(z - c_g) W_g| for each group g
         distance = torch.stack([((z - c) @ w).norm(dim=-1) for c, w in zip(self.ood_center.float(), self.ood_whiten.float())], dim=-1)
         return distance.min(dim=-1).values.reshape(shape)

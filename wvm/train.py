@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from schemas.inference import pad_state
-from wvm.checkpoint import CheckpointError, load_model, read_config, save_model
+from wvm.checkpoint import MODEL_FILE, CheckpointError, load_model, read_config, save_model
 from wvm.data import EDIT_KINDS, EpisodeSampler, TrainingEpisode, augment, load_episodes
 from wvm.model import Batch, WVMConfig, build_model, preprocess
 from wvm.text import TextEncoder
@@ -216,7 +216,7 @@ class Trainer:
         checkpoint = Path(checkpoint)
         self.model_config = replace(read_config(checkpoint), ood_score="latent", ood_groups=0, ood_reference=0.0)
         model = build_model(self.model_config).to(self.device).eval()
-        weights = {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items() if not k.startswith(REFIT)}
+        weights = {k: v for k, v in load_file(str(checkpoint / MODEL_FILE)).items() if not k.startswith(REFIT)}
         if missing := [k for k in model.load_state_dict(weights, strict=False).missing_keys if not k.startswith(REFIT)]:
             raise CheckpointError(f"{checkpoint}: lacks weights {missing[:5]}")
         episodes = self._load_episodes()
