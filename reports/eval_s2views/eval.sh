@@ -7,11 +7,12 @@
 # numbers are in reports/eval_v13_views). Configs point at runs/ (untracked);
 # models not trained on this machine are skipped.
 # reports/eval_s2views/eval.sh OUT [THREADS]  (THREADS: torch threads, e.g. 1 beside a running training)
+# runs/v13 = `git show a72e150:wvm/checkpoints/default/{config.json,model.safetensors}` (the default until v14)
 set -euo pipefail
 cd /work/main && source .venv/bin/activate
 out=$1 threads=${2:-0}
 declare -A ck=(
-  ["v13 s0"]=wvm/checkpoints/default
+  ["v13 s0"]=runs/v13
   ["80b s2"]=runs/abl80b_frozen_views_ae_s2/final
   ["80c s0"]=runs/abl80c_frozen_s2views_s0/final ["80c s1"]=runs/abl80c_frozen_s2views_s1/final ["80c s2"]=runs/abl80c_frozen_s2views_s2/final
   ["from scratch s0"]=runs/abl81_scratch_s2views_s0/final ["no video loss s0"]=runs/abl81_novideo_s2views_s0/final

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # v13's recipe, its three video-stream ablations and a frozen random stream, two seeds each (row 77).
 # runs/eval_s12.sh state OUT | runs/eval_s12.sh video OUT (every model scored from the frames alone, reserved and G1 only)
+# runs/v13 = `git show a72e150:wvm/checkpoints/default/{config.json,model.safetensors}` (the default until v14)
 set -euo pipefail
 cd /work/main && source .venv/bin/activate
 mode=$1 out=$2
 declare -A ck=(
-  ["v13 s0"]=wvm/checkpoints/default ["v13 s1"]=runs/v13r_s1/final
+  ["v13 s0"]=runs/v13 ["v13 s1"]=runs/v13r_s1/final
   ["no video loss s0"]=runs/abl74_novideo_s0/final ["no video loss s1"]=runs/abl74_novideo_s1/final
   ["from scratch s0"]=runs/abl74_scratch_s0/final ["from scratch s1"]=runs/abl74_scratch_s1/final
   ["frozen s0"]=runs/abl74_frozen_s0/final ["frozen s1"]=runs/abl74_frozen_s1/final

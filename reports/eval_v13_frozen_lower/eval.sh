@@ -3,11 +3,12 @@
 # seeds 0-2, beside v13's recipe (seeds 0-2) and the whole stream frozen (row 77's runs, same stage 1);
 # and both frozen recipes from a stage 1 whose world model trained 5000 steps (runs/stage1_long, seed 0).
 # reports/eval_v13_frozen_lower/eval.sh state|video OUT (video: every model from the frames alone, reserved and G1)
+# runs/v13 = `git show a72e150:wvm/checkpoints/default/{config.json,model.safetensors}` (the default until v14)
 set -euo pipefail
 cd /work/main && source .venv/bin/activate
 mode=$1 out=$2
 declare -A ck=(
-  ["v13 s0"]=wvm/checkpoints/default ["v13 s1"]=runs/v13r_s1/final ["v13 s2"]=runs/v13r_s2/final
+  ["v13 s0"]=runs/v13 ["v13 s1"]=runs/v13r_s1/final ["v13 s2"]=runs/v13r_s2/final
   ["frozen s0"]=runs/abl74_frozen_s0/final ["frozen s1"]=runs/abl74_frozen_s1/final
   ["lower 2 frozen s0"]=runs/abl78_lower2_s0/final ["lower 2 frozen s1"]=runs/abl78_lower2_s1/final ["lower 2 frozen s2"]=runs/abl78_lower2_s2/final
   ["frozen, long stage 1 s0"]=runs/abl79_frozen_long_s0/final ["lower 2 frozen, long stage 1 s0"]=runs/abl79_lower2_long_s0/final
