@@ -32,7 +32,7 @@ from wvm.model import Batch, WVMConfig, build_model, preprocess
 from wvm.text import TextEncoder
 
 log = logging.getLogger(__name__)
-REFIT = ("autoencoder.ood_",)  # the OOD score's statistics: each run fits its own, never a donor's
+REFIT = "autoencoder.ood_"  # the OOD score's statistics: each run fits its own, never a donor's
 
 
 @dataclass
@@ -184,15 +184,9 @@ class Trainer:
                 if cfg.init_from:
                     # the value stream's input and output layers start fresh: stage 1 never
                     # trained them, and stage 2 may read different inputs (value_reads_*)
-                    taken = {k: v for k, v in donor.model.state_dict().items() if not k.startswith(("value.", *REFIT))}
-                    missing = [k for k in model.load_state_dict(taken, strict=False).missing_keys if not k.startswith(("value.", *REFIT))]
-                    if missing:
-                        raise CheckpointError(f"{cfg.init_from}: lacks weights {missing[:5]}")
+                    load_weights(model, donor.model.state_dict(), cfg.init_from, ("value.", REFIT))
                 else:
-                    encoder = {k: v for k, v in donor.model.autoencoder.state_dict().items() if not f"autoencoder.{k}".startswith(REFIT)}
-                    missing = [k for k in model.autoencoder.load_state_dict(encoder, strict=False).missing_keys if not f"autoencoder.{k}".startswith(REFIT)]
-                    if missing:
-                        raise CheckpointError(f"{cfg.init_autoencoder}: lacks autoencoder weights {missing[:5]}")
+                    load_weights(model.autoencoder, donor.model.autoencoder.state_dict(), cfg.init_autoencoder, (REFIT.removeprefix("autoencoder."),))
                 self.model_config.latent_mean, self.model_config.latent_std = donor.config.latent_mean, donor.config.latent_std
                 if donor.config.ood_score == self.model_config.ood_score == "reconstruction":  # "latent" refits
                     self.model_config.ood_reference = donor.config.ood_reference
@@ -216,11 +210,9 @@ class Trainer:
         checkpoint = Path(checkpoint)
         self.model_config = replace(read_config(checkpoint), ood_score="latent", ood_groups=0, ood_reference=0.0)
         model = build_model(self.model_config).to(self.device).eval()
-        weights = {k: v for k, v in load_file(str(checkpoint / MODEL_FILE)).items() if not k.startswith(REFIT)}
-        if missing := [k for k in model.load_state_dict(weights, strict=False).missing_keys if not k.startswith(REFIT)]:
-            raise CheckpointError(f"{checkpoint}: lacks weights {missing[:5]}")
+        load_weights(model, load_file(str(checkpoint / MODEL_FILE)), str(checkpoint), (REFIT,))
         episodes = self._load_episodes()
-        self._encode_views(model, self._views(episodes, variants=1), [len(e.frames) for e in episodes], self.domains)
+        self._encode_views(model, self._views(episodes, variants=1), episodes)
         digest = save_model(self.out / "final", model, self.model_config)
         self._log({"phase": "refit_ood", "from": str(checkpoint), "ood_groups": self.model_config.ood_groups, "hash": digest})
         return self.out / "final"
@@ -277,7 +269,7 @@ class Trainer:
         ae.eval()
 
     @torch.no_grad()
-    def _encode_views(self, model, views: torch.Tensor, lengths: list[int], domains: list[str]) -> torch.Tensor:
+    def _encode_views(self, model, views: torch.Tensor, episodes: list[TrainingEpisode]) -> torch.Tensor:
         """Normalised latents of every view of every frame, float16 (views, frames, C, S, S)."""
         mc = self.model_config
         ae = model.autoencoder.eval()
@@ -292,8 +284,9 @@ class Trainer:
             mc.latent_std = float(latents[0].std())
         normalised = ((latents - mc.latent_mean) / mc.latent_std).half()
         if mc.ood_score == "latent":  # every run fits it on its own frames: those its values were trained on
-            mc.ood_reference = fit_latent_density(model.autoencoder, normalised[0], lengths, domains, self.config.seed)
-            mc.ood_groups = len(set(domains))
+            lengths = [len(e.frames) for e in episodes]
+            mc.ood_reference = fit_latent_density(model.autoencoder, normalised[0], lengths, self.domains, self.config.seed)
+            mc.ood_groups = len(model.autoencoder.ood_center)
         elif not mc.ood_reference:
             mc.ood_reference = self._ood_reference(model, views[0])
         return normalised
@@ -307,7 +300,7 @@ class Trainer:
 
     def _train_value(self, model, episodes: list[TrainingEpisode], views: torch.Tensor, rng, start: int, tensors) -> None:
         cfg, mc = self.config, self.model_config
-        latents = self._encode_views(model, views, [len(e.frames) for e in episodes], self.domains)
+        latents = self._encode_views(model, views, episodes)
         text_encoder = TextEncoder()
         task_embedding = text_encoder([e.task for e in episodes])
         sampler = EpisodeSampler(
@@ -388,6 +381,14 @@ def episode_states(episodes: list[TrainingEpisode]) -> torch.Tensor:
     recorded without one."""
     width = max((e.states.shape[1] for e in episodes if e.states is not None), default=1)
     return torch.from_numpy(np.concatenate([pad_state(e.states, len(e.values), width) for e in episodes]))
+
+
+def load_weights(module: torch.nn.Module, state: dict, where: str, skip: tuple[str, ...]) -> None:
+    """Load `state` into `module`, but for keys starting with `skip` (they stay as they are:
+    fresh, or refit by this run); any other weight `state` lacks is an error naming `where`."""
+    taken = {k: v for k, v in state.items() if not k.startswith(skip)}
+    if missing := [k for k in module.load_state_dict(taken, strict=False).missing_keys if not k.startswith(skip)]:
+        raise CheckpointError(f"{where}: lacks weights {missing[:5]}")
 
 
 @torch.no_grad()
